@@ -1,0 +1,146 @@
+//! The one place that creates channels and spawns stages, in flow order:
+//! local broker → ingest (event loop task → writer task) → store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::ingest::{self, IngestMetrics, WriterConfig, INBOUND_CAPACITY};
+use crate::store::{Store, StoreError};
+
+/// How long stages get to finish after a shutdown request.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error(transparent)]
+    Mqtt(#[from] ingest::MqttError),
+    #[error("a stage failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running agent: its store, its live metrics, and the handle to stop it.
+pub struct Running {
+    store: Store,
+    metrics: Arc<IngestMetrics>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Open the store and start every stage.
+pub async fn start(config: &Config) -> Result<Running, AppError> {
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
+        .await?
+        .map_err(|source| AppError::Store {
+            path: config.store.path.display().to_string(),
+            source,
+        })?;
+    let stats = store.stats().map_err(|source| AppError::Store {
+        path: config.store.path.display().to_string(),
+        source,
+    })?;
+    info!(
+        path = %config.store.path.display(),
+        readings = stats.readings,
+        used_bytes = stats.readings_bytes + stats.dead_letter_bytes,
+        budget_bytes = stats.budget_bytes,
+        "store open"
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Arc::new(IngestMetrics::default());
+    let mut tasks = JoinSet::new();
+
+    // Ingest: event loop task → (inbound channel) → writer task → store.
+    let writer_config = WriterConfig {
+        flush_interval: config.store.flush_interval,
+        flush_max_readings: config.store.flush_max_readings,
+    };
+    // Unacked QoS 1 messages held at once: the batch being committed, the one
+    // filling behind it (at most twice the limit after a failed commit), and the channel.
+    let max_unacked = 3 * config.store.flush_max_readings + INBOUND_CAPACITY;
+    let (client, eventloop) = ingest::connect(&config.broker, max_unacked)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (writer_done_tx, writer_done_rx) = oneshot::channel();
+
+    tasks.spawn(ingest::run_mqtt(ingest::MqttTask {
+        eventloop,
+        client: client.clone(),
+        broker: config.broker.clone(),
+        subscriptions: config.subscriptions.clone().into(),
+        inbound_tx,
+        shutdown: shutdown_rx.clone(),
+        writer_done: writer_done_rx,
+        metrics: metrics.clone(),
+    }));
+    tasks.spawn(ingest::run_writer(ingest::WriterTask {
+        store: store.clone(),
+        acker: client,
+        inbound_rx,
+        config: writer_config,
+        shutdown: shutdown_rx,
+        done_tx: writer_done_tx,
+        metrics: metrics.clone(),
+    }));
+
+    Ok(Running {
+        store,
+        metrics,
+        shutdown_tx,
+        tasks,
+    })
+}
+
+impl Running {
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<IngestMetrics> {
+        &self.metrics
+    }
+
+    /// Ask every stage to finish its current batch, then wait for them.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        let _ = self.shutdown_tx.send(true);
+        let wait = async {
+            while let Some(r) = self.tasks.join_next().await {
+                r?;
+            }
+            Ok::<(), AppError>(())
+        };
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, wait).await {
+            Ok(r) => r?,
+            Err(_) => {
+                warn!("stages did not stop in time; unacknowledged messages will be redelivered");
+                self.tasks.abort_all();
+            }
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await?
+            .map_err(|source| AppError::Store {
+                path: String::from("(open store)"),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// Run until `stop` completes, then shut down cleanly.
+pub async fn run(
+    config: &Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
+    let running = start(config).await?;
+    stop.await;
+    info!("shutting down");
+    running.shutdown().await
+}

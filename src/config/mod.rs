@@ -1,0 +1,585 @@
+//! Configuration: `vigil.toml` and `devices/*.toml` in, a validated `Config`
+//! out. Parsing (serde `Raw*` types) and validation are separate steps, and
+//! every error is collected with its file and line before anything starts.
+
+mod devices;
+mod diag;
+mod topic;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
+pub use diag::{ConfigError, ConfigErrors, Source};
+pub use topic::{check_name, filter_matches, validate_filter, TopicIds, TopicTemplate};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway_id: String,
+    /// A `tracing` filter directive such as `info` or `vigil=debug,warn`.
+    pub log_level: String,
+    pub broker: BrokerConfig,
+    pub subscriptions: Vec<Subscription>,
+    pub store: StoreConfig,
+    pub devices_dir: PathBuf,
+    pub devices: DeviceRegistry,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keepalive: Duration,
+    pub credentials: Option<Credentials>,
+    pub tls: Option<TlsFiles>,
+    /// Larger payloads are dead-lettered without being decoded.
+    pub max_payload_bytes: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// PEM files for a TLS connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    /// Client certificate and key, for brokers that require mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// JSON when the payload starts with `{` or `[`, decimal text when it is a
+    /// number, CBOR otherwise.
+    Auto,
+    Json,
+    Cbor,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub filter: String,
+    pub template: TopicTemplate,
+    /// 0 or 1. QoS 1 messages are acknowledged only once stored.
+    pub qos: u8,
+    pub format: PayloadFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Bytes the readings log and dead letters may use before ingest pauses.
+    pub budget_bytes: u64,
+    /// Longest time a received reading waits before its batch is flushed.
+    pub flush_interval: Duration,
+    /// A batch is flushed as soon as it holds this many readings.
+    pub flush_max_readings: usize,
+    pub dead_letter_max: usize,
+    pub dead_letter_max_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway_id: Option<String>,
+    log_level: Option<String>,
+    devices_dir: Option<String>,
+    broker: Option<RawBroker>,
+    subscriptions: Option<Vec<RawSubscription>>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    host: Option<String>,
+    port: Option<u16>,
+    client_id: Option<String>,
+    keepalive_s: Option<u64>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    max_payload_bytes: Option<u64>,
+    reconnect_min_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubscription {
+    template: Option<String>,
+    topic: Option<String>,
+    qos: Option<u8>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<String>,
+    budget_bytes: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    flush_max_readings: Option<u64>,
+    dead_letter_max: Option<u64>,
+    dead_letter_max_bytes: Option<u64>,
+}
+
+/// Load and validate `vigil.toml` and the device files it points to.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                message: format!("cannot read the configuration file: {e}"),
+            }]))
+        }
+    };
+    let config = from_str(path, text, &mut errors);
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Parse and validate configuration text as if read from `path`.
+/// Relative paths inside are resolved against `path`'s directory.
+pub fn from_str(path: &Path, text: String, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let mut src = Source::new(path, text);
+    let parse_start = errors.len();
+    let raw: Option<RawConfig> = diag::parse_file(&mut src, errors);
+    let raw = raw?;
+    let parse_end = errors.len();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = validate(&src, &base, raw, errors);
+    // A key that failed to parse was dropped before validation; do not also
+    // report it as missing or invalid.
+    let parsed: Vec<(PathBuf, Option<usize>, String)> = errors[parse_start..parse_end]
+        .iter()
+        .map(|e| {
+            (
+                e.file.clone(),
+                e.line,
+                e.message.split(": ").next().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let mut i = parse_end;
+    while i < errors.len() {
+        let e = &errors[i];
+        if parsed.iter().any(|(f, l, p)| {
+            *f == e.file && (*l == e.line || e.message.starts_with(&format!("{p}:")))
+        }) {
+            errors.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if errors.len() > parse_start {
+        return None;
+    }
+    config
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate(
+    src: &Source,
+    base: &Path,
+    raw: RawConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let start = errors.len();
+
+    let gateway_id = match raw.gateway_id {
+        Some(id) => {
+            if let Err(e) = check_name("gateway", &id) {
+                errors.push(src.at("gateway_id", e));
+            }
+            id
+        }
+        None => {
+            errors.push(src.error(None, "gateway_id: missing; expected a name for this gateway, e.g. gateway_id = \"gw-hall2\""));
+            String::new()
+        }
+    };
+
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+        errors.push(src.at(
+            "log_level",
+            format!(
+                "{e}; expected a level such as \"info\" or a filter such as \"vigil=debug,warn\""
+            ),
+        ));
+    }
+
+    let broker = validate_broker(src, base, raw.broker, &gateway_id, errors);
+
+    let mut subscriptions = Vec::new();
+    match raw.subscriptions {
+        None => errors.push(src.error(
+            None,
+            "subscriptions: missing; expected at least one [[subscriptions]] table with a template",
+        )),
+        Some(subs) if subs.is_empty() => {
+            errors.push(src.at("subscriptions", "expected at least one subscription"))
+        }
+        Some(subs) => {
+            for (i, s) in subs.into_iter().enumerate() {
+                if let Some(sub) = validate_subscription(src, i, s, errors) {
+                    subscriptions.push(sub);
+                }
+            }
+        }
+    }
+
+    let store = validate_store(src, base, raw.store, errors);
+
+    let devices_dir = resolve(base, raw.devices_dir.as_deref().unwrap_or("devices"));
+    let devices = devices::load_dir(&devices_dir, src, errors);
+
+    if errors.len() > start {
+        return None;
+    }
+    Some(Config {
+        path: src.path.clone(),
+        gateway_id,
+        log_level,
+        broker: broker?,
+        subscriptions,
+        store: store?,
+        devices_dir,
+        devices: devices?,
+    })
+}
+
+fn validate_broker(
+    src: &Source,
+    base: &Path,
+    raw: Option<RawBroker>,
+    gateway_id: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BrokerConfig> {
+    let Some(raw) = raw else {
+        errors.push(src.error(
+            None,
+            "broker: missing; expected a [broker] table with at least `host`",
+        ));
+        return None;
+    };
+    let start = errors.len();
+    let host = raw.host.unwrap_or_default();
+    if host.is_empty() {
+        errors.push(src.at(
+            "broker.host",
+            "missing; expected the local broker's host name or address",
+        ));
+    }
+    let keepalive_s = raw.keepalive_s.unwrap_or(30);
+    if !(5..=65535).contains(&keepalive_s) {
+        errors.push(src.at(
+            "broker.keepalive_s",
+            format!("{keepalive_s} is out of range; expected 5 to 65535 seconds"),
+        ));
+    }
+    let client_id = raw
+        .client_id
+        .unwrap_or_else(|| format!("vigil-{gateway_id}"));
+    if client_id.is_empty() || client_id.len() > 65535 {
+        errors.push(src.at("broker.client_id", "expected a non-empty client id; it must stay the same across restarts so the broker keeps vigil's session"));
+    }
+    let credentials = match (raw.username, raw.password, raw.password_file) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            errors.push(src.at("broker.username", "missing; a password needs a username"));
+            None
+        }
+        (Some(_), Some(_), Some(_)) => {
+            errors.push(src.at(
+                "broker.password_file",
+                "set either `password` or `password_file`, not both",
+            ));
+            None
+        }
+        (Some(username), password, None) => Some(Credentials { username, password }),
+        (Some(username), None, Some(file)) => {
+            let file = resolve(base, &file);
+            match std::fs::read_to_string(&file) {
+                Ok(p) if !p.trim_end_matches(['\r', '\n']).is_empty() => Some(Credentials {
+                    username,
+                    password: Some(p.trim_end_matches(['\r', '\n']).to_string()),
+                }),
+                Ok(_) => {
+                    errors.push(src.at(
+                        "broker.password_file",
+                        format!(
+                            "{} is empty; expected the password on its first line",
+                            file.display()
+                        ),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(src.at(
+                        "broker.password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let tls = raw
+        .tls
+        .and_then(|t| validate_tls(src, base, "broker.tls", t, errors));
+    let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    if port == 0 {
+        errors.push(src.at("broker.port", "0 is not a port; expected 1 to 65535"));
+    }
+    let max_payload_bytes = raw.max_payload_bytes.unwrap_or(1 << 20);
+    if !(64..=(64 << 20)).contains(&max_payload_bytes) {
+        errors.push(src.at(
+            "broker.max_payload_bytes",
+            format!("{max_payload_bytes} is out of range; expected 64 bytes to 64 MiB"),
+        ));
+    }
+    let reconnect_min_ms = raw.reconnect_min_ms.unwrap_or(500);
+    let reconnect_max_ms = raw.reconnect_max_ms.unwrap_or(30_000);
+    if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
+        errors.push(src.at("broker.reconnect_min_ms", format!(
+            "expected 0 < reconnect_min_ms ({reconnect_min_ms}) <= reconnect_max_ms ({reconnect_max_ms})"
+        )));
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(BrokerConfig {
+        host,
+        port,
+        client_id,
+        keepalive: Duration::from_secs(keepalive_s),
+        credentials,
+        tls,
+        max_payload_bytes: max_payload_bytes as usize,
+        reconnect_min: Duration::from_millis(reconnect_min_ms),
+        reconnect_max: Duration::from_millis(reconnect_max_ms),
+    })
+}
+
+fn validate_tls(
+    src: &Source,
+    base: &Path,
+    key: &str,
+    raw: RawTls,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TlsFiles> {
+    let start = errors.len();
+    let ca_file = match raw.ca_file {
+        Some(f) => resolve(base, &f),
+        None => {
+            errors.push(src.at(
+                &format!("{key}.ca_file"),
+                "missing; expected the PEM file of the CA that signed the broker's certificate",
+            ));
+            return None;
+        }
+    };
+    let client = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => Some((resolve(base, &c), resolve(base, &k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(src.at(
+                &format!("{key}.key_file"),
+                "missing; a client certificate needs its private key",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(src.at(
+                &format!("{key}.cert_file"),
+                "missing; a client key needs its certificate",
+            ));
+            None
+        }
+    };
+    if errors.len() > start {
+        return None;
+    }
+    let files = TlsFiles { ca_file, client };
+    // Load the PEM files now so that a bad certificate is a config error, not a runtime one.
+    if let Err(e) = crate::tls::client_config(&files) {
+        errors.push(src.at(key, e));
+        return None;
+    }
+    Some(files)
+}
+
+fn validate_subscription(
+    src: &Source,
+    i: usize,
+    raw: RawSubscription,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Subscription> {
+    let key = format!("subscriptions[{i}]");
+    let start = errors.len();
+    let template = match raw.template.as_deref().map(TopicTemplate::parse) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            errors.push(src.at(&format!("{key}.template"), e));
+            None
+        }
+        None => {
+            errors.push(src.at(
+                &format!("{key}.template"),
+                "missing; expected e.g. template = \"plant/+/{device}/{metric}\"",
+            ));
+            None
+        }
+    };
+    let filter = match (raw.topic, &template) {
+        (Some(t), _) => {
+            if let Err(e) = validate_filter(&t) {
+                errors.push(src.at(&format!("{key}.topic"), e));
+            }
+            t
+        }
+        (None, Some(t)) => t.filter(),
+        (None, None) => String::new(),
+    };
+    let qos = raw.qos.unwrap_or(1);
+    if qos > 1 {
+        errors.push(src.at(
+            &format!("{key}.qos"),
+            format!("{qos} is not supported; expected 0 or 1"),
+        ));
+    }
+    let format = match raw.format.as_deref().unwrap_or("auto") {
+        "auto" => PayloadFormat::Auto,
+        "json" => PayloadFormat::Json,
+        "cbor" => PayloadFormat::Cbor,
+        "text" => PayloadFormat::Text,
+        other => {
+            errors.push(src.at(&format!("{key}.format"), format!("{other:?} is not a payload format; expected \"auto\", \"json\", \"cbor\" or \"text\"")));
+            PayloadFormat::Auto
+        }
+    };
+    if errors.len() > start {
+        return None;
+    }
+    Some(Subscription {
+        filter,
+        template: template?,
+        qos,
+        format,
+    })
+}
+
+fn validate_store(
+    src: &Source,
+    base: &Path,
+    raw: Option<RawStore>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<StoreConfig> {
+    let Some(raw) = raw else {
+        errors.push(src.error(
+            None,
+            "store: missing; expected a [store] table with at least `path`",
+        ));
+        return None;
+    };
+    let start = errors.len();
+    let path = match raw.path {
+        Some(p) if !p.is_empty() => resolve(base, &p),
+        _ => {
+            errors.push(src.at(
+                "store.path",
+                "missing; expected the directory of the store, e.g. \"/var/lib/vigil/store\"",
+            ));
+            PathBuf::new()
+        }
+    };
+    let budget_bytes = raw.budget_bytes.unwrap_or(1 << 30);
+    if budget_bytes < 4096 {
+        errors.push(src.at(
+            "store.budget_bytes",
+            format!("{budget_bytes} is too small; expected at least 4096 bytes"),
+        ));
+    }
+    let flush_interval_ms = raw.flush_interval_ms.unwrap_or(20);
+    if !(1..=10_000).contains(&flush_interval_ms) {
+        errors.push(src.at(
+            "store.flush_interval_ms",
+            format!("{flush_interval_ms} is out of range; expected 1 to 10000 ms"),
+        ));
+    }
+    let flush_max_readings = raw.flush_max_readings.unwrap_or(8192);
+    if !(1..=1_000_000).contains(&flush_max_readings) {
+        errors.push(src.at(
+            "store.flush_max_readings",
+            format!("{flush_max_readings} is out of range; expected 1 to 1000000"),
+        ));
+    }
+    let dead_letter_max = raw.dead_letter_max.unwrap_or(10_000);
+    if dead_letter_max == 0 {
+        errors.push(src.at("store.dead_letter_max", "expected at least 1"));
+    }
+    let dead_letter_max_bytes = raw.dead_letter_max_bytes.unwrap_or(16 << 20);
+    if dead_letter_max_bytes < 1024 || dead_letter_max_bytes >= budget_bytes {
+        errors.push(src.at("store.dead_letter_max_bytes", format!(
+            "{dead_letter_max_bytes} is out of range; expected at least 1024 and less than budget_bytes ({budget_bytes})"
+        )));
+    }
+    if errors.len() > start {
+        return None;
+    }
+    Some(StoreConfig {
+        path,
+        budget_bytes,
+        flush_interval: Duration::from_millis(flush_interval_ms),
+        flush_max_readings: flush_max_readings as usize,
+        dead_letter_max: dead_letter_max as usize,
+        dead_letter_max_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+use std::fs;
+use std::path::Path;
+
+use super::*;
+
+/// A config directory with `vigil.toml` and the given device files.
+fn setup(main: &str, devices: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("devices")).unwrap();
+    for (name, text) in devices {
+        fs::write(dir.path().join("devices").join(name), text).unwrap();
+    }
+    let path = dir.path().join("vigil.toml");
+    fs::write(&path, main).unwrap();
+    (dir, path)
+}
+
+const GOOD: &str = r#"
+gateway_id = "gw-1"
+
+[broker]
+host = "127.0.0.1"
+
+[[subscriptions]]
+template = "plant/+/{device}/{metric}"
+
+[store]
+path = "store"
+"#;
+
+fn errors_of(main: &str, devices: &[(&str, &str)]) -> Vec<ConfigError> {
+    let (_dir, path) = setup(main, devices);
+    load(&path).expect_err("config should be invalid").0
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let (dir, path) = setup(GOOD, &[("default.toml", "match = \"*\"\n")]);
+    let c = load(&path).unwrap();
+    assert_eq!(c.gateway_id, "gw-1");
+    assert_eq!(c.broker.port, 1883);
+    assert_eq!(c.broker.client_id, "vigil-gw-1");
+    assert_eq!(c.subscriptions[0].filter, "plant/+/+/+");
+    assert_eq!(c.subscriptions[0].qos, 1);
+    assert_eq!(c.subscriptions[0].format, PayloadFormat::Auto);
+    assert_eq!(c.store.path, dir.path().join("store"));
+    assert_eq!(c.devices.classes().len(), 1);
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for name in ["vigil.toml", "dev.toml"] {
+        let c = load(&root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let p7 = c.devices.resolve("pump-7");
+        assert_eq!(p7.metrics["temperature"].unit.as_deref(), Some("degF"));
+        assert_eq!(p7.metrics["vibration"].unit.as_deref(), Some("mm/s"));
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once_with_lines() {
+    let main = r#"gateway_id = "gw/1"
+log_level = "loud=="
+
+[broker]
+host = "127.0.0.1"
+port = "1883"
+colour = "blue"
+
+[[subscriptions]]
+template = "plant/{device}/{device}"
+
+[[subscriptions]]
+template = "plant/{device}/{metric}"
+qos = 2
+format = "xml"
+
+[store]
+path = "store"
+flush_interval_ms = 0
+"#;
+    let errors = errors_of(main, &[("bad.toml", "match = \"pump-*\"\ncolor = 1\n")]);
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let has = |line: usize, needle: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == Some(line) && e.message.contains(needle)),
+            "no error at line {line} containing {needle:?} in:\n{}",
+            text.join("\n")
+        )
+    };
+    // Type errors in [broker] are reported key by key.
+    has(6, "port");
+    has(7, "colour");
+    assert!(errors
+        .iter()
+        .all(|e| e.file.ends_with("vigil.toml") || e.file.ends_with("bad.toml")));
+    assert!(
+        errors.iter().any(|e| e.file.ends_with("bad.toml")
+            && e.line == Some(2)
+            && e.message.contains("color")),
+        "{text:?}"
+    );
+    // Semantic errors are not hidden by the type errors above... only once the
+    // section parses, so fix [broker] and check the rest.
+    let main = main.replace("port = \"1883\"\ncolour = \"blue\"\n", "");
+    let errors = errors_of(&main, &[]);
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let has = |line: usize, needle: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.line == Some(line) && e.message.contains(needle)),
+            "no error at line {line} containing {needle:?} in:\n{}",
+            text.join("\n")
+        )
+    };
+    has(1, "gateway");
+    has(2, "log_level");
+    has(8, "twice");
+    has(12, "expected 0 or 1");
+    has(13, "xml");
+    has(17, "flush_interval_ms");
+}
+
+#[test]
+fn missing_sections_are_named() {
+    let errors = errors_of("gateway_id = \"g\"\n", &[]);
+    let text = ConfigErrors(errors).to_string();
+    for needle in [
+        "broker: missing",
+        "subscriptions: missing",
+        "store: missing",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+}
+
+#[test]
+fn credentials_and_password_file() {
+    let (dir, _) = setup(GOOD, &[]);
+    fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let main = GOOD.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"vigil\"\npassword_file = \"pw\"",
+    );
+    fs::write(dir.path().join("vigil.toml"), &main).unwrap();
+    let c = load(&dir.path().join("vigil.toml")).unwrap();
+    let creds = c.broker.credentials.unwrap();
+    assert_eq!(creds.password.as_deref(), Some("s3cret"));
+    assert!(
+        !format!("{creds:?}").contains("s3cret"),
+        "the password must not appear in debug output"
+    );
+
+    let main = GOOD.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"vigil\"\npassword_file = \"missing\"",
+    );
+    let errors = errors_of(&main, &[]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("password_file") && e.line == Some(7)),
+        "{errors:?}"
+    );
+    let main = GOOD.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\npassword = \"x\"",
+    );
+    assert!(errors_of(&main, &[])
+        .iter()
+        .any(|e| e.message.contains("needs a username")));
+}
+
+#[test]
+fn tls_files_are_checked() {
+    let main = GOOD.replace(
+        "[[subscriptions]]",
+        "[broker.tls]\nca_file = \"nope.pem\"\n\n[[subscriptions]]",
+    );
+    let errors = errors_of(&main, &[]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("cannot read CA file")),
+        "{errors:?}"
+    );
+    let main = GOOD.replace(
+        "[[subscriptions]]",
+        "[broker.tls]\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n\n[[subscriptions]]",
+    );
+    let errors = errors_of(&main, &[]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("key_file") && e.message.contains("missing")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn device_files_are_validated() {
+    let errors = errors_of(
+        GOOD,
+        &[
+            ("a.toml", "match = \"pump-*\"\n"),
+            ("b.toml", "match = \"pump-*\"\n"),
+            ("c.toml", "match = \"x\"\n[metrics.\"a/b\"]\nunit = \"g\"\n"),
+            ("d.toml", "match = \"y\"\n[metrics.t]\nunit = \" \"\n"),
+            ("e.toml", "match = = 1\n"),
+        ],
+    );
+    let text = ConfigErrors(errors.clone()).to_string();
+    assert!(
+        text.contains("b.toml:1: match: pattern \"pump-*\" is also used by"),
+        "{text}"
+    );
+    assert!(text.contains("c.toml:2:"), "{text}");
+    assert!(text.contains("d.toml:3:"), "{text}");
+    assert!(text.contains("e.toml:1: invalid TOML"), "{text}");
+}
+
+#[test]
+fn device_file_name_is_the_default_pattern() {
+    let (_dir, path) = setup(GOOD, &[("fan-3.toml", "[metrics.rpm]\nunit = \"1/min\"\n")]);
+    let c = load(&path).unwrap();
+    assert_eq!(
+        c.devices.resolve("fan-3").metrics["rpm"].unit.as_deref(),
+        Some("1/min")
+    );
+    assert!(c.devices.resolve("fan-4").metrics.is_empty());
+}
+
+#[test]
+fn missing_devices_dir_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vigil.toml");
+    fs::write(&path, GOOD).unwrap();
+    let errors = load(&path).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("devices directory")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn unreadable_main_file_is_reported() {
+    let errors = load(Path::new("/nonexistent/vigil.toml")).unwrap_err().0;
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].message.contains("cannot read"));
+}

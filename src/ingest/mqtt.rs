@@ -1,0 +1,241 @@
+//! The task that owns the local broker's rumqttc event loop: connects (and
+//! reconnects forever, with backoff), subscribes, decodes each publish and
+//! hands it to the writer. Acks come back through the client handle.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    SubscribeReasonCode, Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use super::ratelimit::RateLimit;
+use super::route::{route, Outcome};
+use super::{Inbound, IngestMetrics, INBOUND_CAPACITY};
+use crate::backoff::Backoff;
+use crate::config::{BrokerConfig, Subscription};
+use crate::model::{EpochMs, Reason};
+
+/// How long shutdown waits for the last acks to reach the broker.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Build the client and event loop for the local broker.
+///
+/// `max_unacked` bounds how many acks can be queued at once; the request
+/// channel is sized above it so that the writer never waits on a full channel
+/// while the event loop waits on the writer.
+pub fn connect(
+    broker: &BrokerConfig,
+    max_unacked: usize,
+) -> Result<(AsyncClient, EventLoop), MqttError> {
+    let mut opts = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
+    opts.set_keep_alive(broker.keepalive)
+        // Persistent session: the broker queues QoS 1 messages while vigil is down.
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        // Leave room above our own limit so an oversized payload is dead-lettered
+        // by us instead of breaking the connection (and being redelivered forever).
+        .set_max_packet_size(
+            broker.max_payload_bytes.saturating_mul(4).max(1 << 20),
+            1 << 20,
+        );
+    if let Some(c) = &broker.credentials {
+        opts.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
+    }
+    if let Some(files) = &broker.tls {
+        let config = crate::tls::client_config(files).map_err(MqttError::Tls)?;
+        opts.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config),
+        ));
+    }
+    let cap = max_unacked + INBOUND_CAPACITY + 64;
+    opts.set_request_channel_capacity(cap);
+    Ok(AsyncClient::new(opts, cap))
+}
+
+fn now_ms() -> EpochMs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as EpochMs)
+        .unwrap_or(0)
+}
+
+/// Connection state, so each change is logged once.
+#[derive(PartialEq)]
+enum Link {
+    Starting,
+    Up,
+    Down(String),
+}
+
+pub struct Task {
+    pub eventloop: EventLoop,
+    pub client: AsyncClient,
+    pub broker: BrokerConfig,
+    pub subscriptions: Arc<[Subscription]>,
+    pub inbound_tx: mpsc::Sender<Inbound>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Fires when the writer has committed and acked its last batch.
+    pub writer_done: oneshot::Receiver<()>,
+    pub metrics: Arc<IngestMetrics>,
+}
+
+/// Run until shutdown. Never returns early on connection errors: it retries forever.
+pub async fn run(task: Task) {
+    let Task {
+        mut eventloop,
+        client,
+        broker,
+        subscriptions,
+        inbound_tx,
+        mut shutdown,
+        writer_done,
+        metrics,
+    } = task;
+    let addr = format!("{}:{}", broker.host, broker.port);
+    let mut link = Link::Starting;
+    let seed = now_ms() as u64 ^ u64::from(std::process::id());
+    let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max, seed);
+    let mut warnings = RateLimit::new(Duration::from_secs(10));
+    info!(broker = %addr, client_id = %broker.client_id, "connecting to the local broker");
+
+    'run: loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.changed() => break 'run,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if link != Link::Starting {
+                    metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                link = Link::Up;
+                metrics.connected.store(true, Ordering::Relaxed);
+                backoff.reset();
+                info!(broker = %addr, session_present = ack.session_present, "connected to the local broker");
+                // Subscribe even when the session was resumed: the configured
+                // subscriptions may have changed since it was created. (Retained
+                // messages are then sent again; detection drops exact duplicates.)
+                let topics = subscriptions.iter().map(|s| {
+                    let qos = if s.qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    };
+                    rumqttc::SubscribeFilter::new(s.filter.clone(), qos)
+                });
+                if let Err(e) = client.try_subscribe_many(topics) {
+                    error!(error = %e, "cannot queue the subscriptions");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    error!(broker = %addr, codes = ?ack.return_codes, "the broker refused a subscription; check its ACL for this client");
+                } else {
+                    metrics.subscribed.store(true, Ordering::Relaxed);
+                    info!(broker = %addr, filters = subscriptions.len(), "subscribed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                metrics.messages.fetch_add(1, Ordering::Relaxed);
+                let outcome = route(
+                    &subscriptions,
+                    broker.max_payload_bytes,
+                    &p.topic,
+                    &p.payload,
+                    now_ms(),
+                );
+                if let Outcome::Rejected(dl) = &outcome {
+                    metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    warn_rejected(&mut warnings, dl.reason, &dl.topic, &dl.detail);
+                }
+                let inbound = Inbound {
+                    outcome,
+                    ack: (p.qos != QoS::AtMostOnce).then_some(p.pkid),
+                };
+                // Waiting here is the backpressure: no more reads from the socket.
+                tokio::select! {
+                    sent = inbound_tx.send(inbound) => if sent.is_err() { break 'run },
+                    _ = shutdown.changed() => break 'run,
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                metrics.connected.store(false, Ordering::Relaxed);
+                metrics.subscribed.store(false, Ordering::Relaxed);
+                let msg = e.to_string();
+                let down = Link::Down(msg.clone());
+                if link != down {
+                    if matches!(
+                        e,
+                        rumqttc::ConnectionError::ConnectionRefused(
+                            ConnectReturnCode::BadUserNamePassword
+                                | ConnectReturnCode::NotAuthorized
+                        )
+                    ) {
+                        error!(broker = %addr, error = %msg, "the local broker refused vigil's credentials; retrying");
+                    } else {
+                        warn!(broker = %addr, error = %msg, "local broker unreachable; retrying with backoff");
+                    }
+                    link = down;
+                } else {
+                    debug!(broker = %addr, error = %msg, "still cannot reach the local broker");
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break 'run,
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop handing messages over, but keep the connection serviced
+    // until the writer's last acks are sent, then disconnect cleanly.
+    drop(inbound_tx);
+    let drain = async {
+        let mut writer_done = writer_done;
+        if link == Link::Up {
+            loop {
+                tokio::select! {
+                    _ = &mut writer_done => break,
+                    ev = eventloop.poll() => if ev.is_err() { return },
+                }
+            }
+            if client.try_disconnect().is_ok() {
+                while let Ok(ev) = eventloop.poll().await {
+                    if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let _ = writer_done.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!(broker = %addr, "gave up waiting for the last acks; the broker will redeliver those messages");
+    }
+    metrics.connected.store(false, Ordering::Relaxed);
+    info!(broker = %addr, "disconnected from the local broker");
+}
+
+fn warn_rejected(limiter: &mut RateLimit<Reason>, reason: Reason, topic: &str, detail: &str) {
+    if let Some(held) = limiter.check(reason, Instant::now()) {
+        warn!(%reason, topic, detail, suppressed = held, "payload rejected; kept in dead letters");
+    }
+}

@@ -1,0 +1,283 @@
+//! The `vigil` command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use serde_json::json;
+
+use vigil::config::{self, Config};
+use vigil::model::{EpochMs, Value};
+use vigil::store::Store;
+
+/// Edge agent for predictive maintenance: durable MQTT ingest on IoT gateways.
+#[derive(Parser)]
+#[command(name = "vigil", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground until SIGTERM or SIGINT.
+    Run {
+        /// Path of vigil.toml.
+        #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// Validate vigil.toml and the device files; print every error, exit 1 if any.
+    CheckConfig {
+        /// Path of vigil.toml.
+        #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// Read the store of an agent that is not running, as JSON lines.
+    Inspect {
+        /// Path of vigil.toml.
+        #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+        /// What to show.
+        what: Inspect,
+        /// How many of the newest entries to print (readings and dead letters).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        last: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Inspect {
+    /// The newest readings, one JSON object per line.
+    Readings,
+    /// The newest dead letters, with their reasons.
+    DeadLetters,
+    /// Counts, sequence numbers, oldest and newest event times, bytes and counters.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => return check_config(config),
+        Command::Inspect { config, what, last } => inspect(config, what, last),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(c) => {
+            println!(
+                "{}: OK (gateway {}, {} subscription(s), {} device file(s))",
+                path.display(),
+                c.gateway_id,
+                c.subscriptions.len(),
+                c.devices.classes().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{} error(s) found", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = std::env::var("VIGIL_LOG").unwrap_or_else(|_| level.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        // Plain text under systemd or in a pipe; colour only on a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = load(&path)?;
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), gateway = %config.gateway_id, "vigil starting");
+        vigil::app::run(&config, stop_signal()).await
+    })?;
+    tracing::info!("vigil stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop vigil with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.store).map_err(|e| {
+        let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
+            " (is vigil running? `inspect` reads the store of a stopped agent)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "cannot open the store at {}: {e}{hint}",
+            config.store.path.display()
+        )
+    })
+}
+
+fn rfc3339(ms: EpochMs) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
+    let config = load(&path)?;
+    let store = open_store(&config)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match what {
+        Inspect::Readings => {
+            for (seq, r) in store.last_readings(last)? {
+                let (value, sample_rate_hz, samples) = match &r.value {
+                    Value::Scalar(v) => (Some(*v), None, None),
+                    Value::Waveform(w) => {
+                        (None, Some(w.sample_rate_hz), Some(w.samples.as_slice()))
+                    }
+                };
+                let line = ReadingLine {
+                    seq,
+                    device: &r.device,
+                    metric: &r.metric,
+                    time: rfc3339(r.time_ms),
+                    time_ms: r.time_ms,
+                    value,
+                    sample_rate_hz,
+                    samples,
+                };
+                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            }
+        }
+        Inspect::DeadLetters => {
+            for (seq, dl) in store.last_dead_letters(last)? {
+                let utf8 = std::str::from_utf8(&dl.payload).ok();
+                let line = DeadLetterLine {
+                    seq,
+                    received: rfc3339(dl.received_ms),
+                    topic: &dl.topic,
+                    reason: dl.reason.as_str(),
+                    detail: &dl.detail,
+                    payload_len: dl.payload_len,
+                    payload: utf8,
+                    payload_hex: utf8.is_none().then(|| hex(&dl.payload)),
+                };
+                writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            }
+        }
+        Inspect::Stats => {
+            let stats = store.stats()?;
+            let oldest = stats
+                .first_seq
+                .map(|s| store.readings_from(s, 1))
+                .transpose()?
+                .and_then(|v| v.into_iter().next());
+            let newest = store.last_readings(1)?.into_iter().next();
+            let rejected: serde_json::Map<String, serde_json::Value> = stats
+                .counters
+                .rejected
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), json!(v)))
+                .collect();
+            let line = json!({
+                "readings": stats.readings,
+                "first_seq": stats.first_seq,
+                "next_seq": stats.next_seq,
+                "oldest_event_time": oldest.map(|(_, r)| rfc3339(r.time_ms)),
+                "newest_event_time": newest.map(|(_, r)| rfc3339(r.time_ms)),
+                "readings_bytes": stats.readings_bytes,
+                "dead_letters": stats.dead_letters,
+                "dead_letter_bytes": stats.dead_letter_bytes,
+                "budget_bytes": stats.budget_bytes,
+                "size_on_disk_bytes": stats.size_on_disk,
+                "messages_total": stats.counters.messages,
+                "readings_stored_total": stats.counters.readings_stored,
+                "rejected_total": rejected,
+                "dead_letters_dropped_total": stats.counters.dead_letters_dropped,
+                "readings_trimmed_total": stats.counters.readings_trimmed,
+            });
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One line of `inspect readings`.
+#[derive(Serialize)]
+struct ReadingLine<'a> {
+    seq: u64,
+    device: &'a str,
+    metric: &'a str,
+    time: String,
+    time_ms: EpochMs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_rate_hz: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    samples: Option<&'a [f32]>,
+}
+
+/// One line of `inspect dead-letters`.
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    seq: u64,
+    received: String,
+    topic: &'a str,
+    reason: &'a str,
+    detail: &'a str,
+    payload_len: usize,
+    /// The payload as text when it is UTF-8 ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    /// ... and in hex otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_hex: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

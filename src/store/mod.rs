@@ -1,0 +1,460 @@
+//! The durable store, and the only module that imports sled. Batches of
+//! readings and dead letters come in from ingest; readings go out by sequence
+//! number to whoever tails the log (detection, `vigil inspect`).
+//!
+//! Trees:
+//! - `readings`: big-endian u64 sequence of a block's first reading → CBOR
+//!   array of readings. Appending whole blocks keeps values compact and makes
+//!   a group commit one sled insert per block rather than one per reading.
+//! - `dead_letters`: big-endian u64 sequence → CBOR `DeadLetter`, bounded in
+//!   count and bytes; the oldest are dropped first, and counted.
+//! - `meta`: sequence numbers, byte accounting and counters, written in the
+//!   same transaction as the data they describe.
+//!
+//! Disk budget: the readings log and the dead letters are accounted in bytes
+//! (keys + encoded values). While that total is at or above the budget,
+//! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
+//! from the broker until space is freed (`trim_before`).
+
+mod codec;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::config::StoreConfig;
+use crate::model::{DeadLetter, Reading, Reason};
+
+pub use codec::{decode_block, encode_block};
+
+/// Most readings in one block of the log.
+const BLOCK_MAX_READINGS: usize = 1024;
+/// Encoded size at which a block is closed even if it holds fewer readings.
+const BLOCK_MAX_BYTES: usize = 256 * 1024;
+/// sled's page cache. Small gateways have little memory; the log is written
+/// sequentially and read once, so a large cache buys little.
+const CACHE_BYTES: u64 = 32 << 20;
+
+const META_KEY: &[u8] = b"meta";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot encode {what}: {detail}")]
+    Encode { what: &'static str, detail: String },
+    #[error("store transaction aborted")]
+    Aborted,
+    #[error("corrupt {what} at key {key}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        key: u64,
+        detail: String,
+    },
+}
+
+/// Counters kept in the store, so they survive restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// MQTT messages handled (stored or dead-lettered).
+    pub messages: u64,
+    pub readings_stored: u64,
+    /// Messages dead-lettered, by reason.
+    pub rejected: BTreeMap<Reason, u64>,
+    /// Dead letters dropped (oldest first) to stay within their bounds.
+    pub dead_letters_dropped: u64,
+    /// Readings removed from the log after being consumed.
+    pub readings_trimmed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    next_seq: u64,
+    next_dead: u64,
+    readings_bytes: u64,
+    dead_bytes: u64,
+    dead_count: u64,
+    counters: Counters,
+}
+
+/// What ingest hands over in one group commit.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub readings: Vec<Reading>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// MQTT messages this batch accounts for.
+    pub messages: u64,
+}
+
+/// Result of `commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// On disk; readings got sequence numbers `first_seq..first_seq + count`.
+    Stored { first_seq: u64, count: u64 },
+    /// The budget is used up; nothing was written.
+    Full,
+}
+
+/// A summary of what the store holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub readings: u64,
+    pub first_seq: Option<u64>,
+    pub next_seq: u64,
+    pub readings_bytes: u64,
+    pub dead_letters: u64,
+    pub dead_letter_bytes: u64,
+    pub budget_bytes: u64,
+    pub size_on_disk: u64,
+    pub counters: Counters,
+}
+
+/// Handle to the store; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    readings: sled::Tree,
+    dead: sled::Tree,
+    meta_tree: sled::Tree,
+    limits: Limits,
+    /// One writer at a time; the mutex also guards the in-memory copy of `Meta`.
+    meta: Mutex<Meta>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    budget_bytes: u64,
+    dead_letter_max: u64,
+    dead_letter_max_bytes: u64,
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Our transactions never abort on their own; only storage errors remain.
+fn finish(result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+        Err(TransactionError::Abort(())) => Err(StoreError::Aborted),
+    }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[8 - n..].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+fn to_cbor<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(v, &mut out).map_err(|e| StoreError::Encode {
+        what,
+        detail: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+fn from_cbor<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    key: u64,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    ciborium::de::from_reader(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        key,
+        detail: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Open (or create) the store at `config.path`.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        Self::open_at(
+            &config.path,
+            config.budget_bytes,
+            config.dead_letter_max as u64,
+            config.dead_letter_max_bytes,
+        )
+    }
+
+    pub fn open_at(
+        path: &Path,
+        budget_bytes: u64,
+        dead_letter_max: u64,
+        dead_letter_max_bytes: u64,
+    ) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            // We fsync at each group commit; a background flusher would only add writes.
+            .flush_every_ms(None)
+            .open()?;
+        let readings = db.open_tree("readings")?;
+        let dead = db.open_tree("dead_letters")?;
+        let meta_tree = db.open_tree("meta")?;
+        let meta = match meta_tree.get(META_KEY)? {
+            Some(v) => from_cbor("metadata", 0, &v)?,
+            None => Meta::default(),
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                readings,
+                dead,
+                meta_tree,
+                limits: Limits {
+                    budget_bytes,
+                    dead_letter_max,
+                    dead_letter_max_bytes,
+                },
+                meta: Mutex::new(meta),
+            }),
+        })
+    }
+
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        // A poisoned lock means a writer panicked mid-update; the on-disk meta
+        // is still consistent (transactions), so carry on with the copy we have.
+        self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes used by the readings log and dead letters.
+    pub fn used_bytes(&self) -> u64 {
+        let m = self.meta();
+        m.readings_bytes + m.dead_bytes
+    }
+
+    pub fn budget_bytes(&self) -> u64 {
+        self.inner.limits.budget_bytes
+    }
+
+    /// True while the budget is used up.
+    pub fn is_full(&self) -> bool {
+        self.used_bytes() >= self.inner.limits.budget_bytes
+    }
+
+    /// Append a batch and make it durable (fsync) before returning.
+    ///
+    /// Blocking: call it from a blocking thread, not from an async task.
+    pub fn commit(&self, batch: &Batch) -> Result<Commit, StoreError> {
+        let mut meta = self.meta();
+        if meta.readings_bytes + meta.dead_bytes >= self.inner.limits.budget_bytes {
+            return Ok(Commit::Full);
+        }
+        let first_seq = meta.next_seq;
+
+        // Encode outside the transaction: sled may run the closure more than once.
+        let mut blocks: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+        let mut seq = first_seq;
+        let mut added_bytes = 0u64;
+        for chunk in codec::chunk(&batch.readings, BLOCK_MAX_READINGS, BLOCK_MAX_BYTES) {
+            let value = encode_block(chunk)?;
+            added_bytes += 8 + value.len() as u64;
+            blocks.push((key(seq), value));
+            seq += chunk.len() as u64;
+        }
+
+        let mut next = meta.clone();
+        next.next_seq = seq;
+        next.readings_bytes += added_bytes;
+        next.counters.messages += batch.messages;
+        next.counters.readings_stored += batch.readings.len() as u64;
+
+        let mut dead_inserts = Vec::with_capacity(batch.dead_letters.len());
+        for dl in &batch.dead_letters {
+            let value = to_cbor("dead letter", dl)?;
+            *next.counters.rejected.entry(dl.reason).or_default() += 1;
+            next.dead_bytes += 8 + value.len() as u64;
+            next.dead_count += 1;
+            dead_inserts.push((key(next.next_dead), value));
+            next.next_dead += 1;
+        }
+        // Oldest dead letters give way first when over their count or byte bound.
+        let mut dead_removals = Vec::new();
+        if next.dead_count > self.inner.limits.dead_letter_max
+            || next.dead_bytes > self.inner.limits.dead_letter_max_bytes
+        {
+            let pending: Vec<_> = dead_inserts
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.len()))
+                .collect();
+            let existing = self
+                .inner
+                .dead
+                .iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.len())));
+            for entry in existing.chain(pending.into_iter().map(Ok)) {
+                if next.dead_count <= self.inner.limits.dead_letter_max
+                    && next.dead_bytes <= self.inner.limits.dead_letter_max_bytes
+                {
+                    break;
+                }
+                let (k, len) = entry?;
+                next.dead_count -= 1;
+                next.dead_bytes -= 8 + len as u64;
+                next.counters.dead_letters_dropped += 1;
+                dead_removals.push(k);
+            }
+        }
+        let meta_bytes = to_cbor("metadata", &next)?;
+
+        let result: Result<(), TransactionError<()>> = (
+            &self.inner.readings,
+            &self.inner.dead,
+            &self.inner.meta_tree,
+        )
+            .transaction(|(readings, dead, meta_tree)| {
+                for (k, v) in &blocks {
+                    readings.insert(&k[..], v.as_slice())?;
+                }
+                for (k, v) in &dead_inserts {
+                    dead.insert(&k[..], v.as_slice())?;
+                }
+                for k in &dead_removals {
+                    dead.remove(k.as_slice())?;
+                }
+                meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        finish(result)?;
+        self.inner.db.flush()?;
+        *meta = next;
+        Ok(Commit::Stored {
+            first_seq,
+            count: batch.readings.len() as u64,
+        })
+    }
+
+    /// Remove every block whose readings all have sequence numbers below `seq`.
+    /// Returns the number of readings removed.
+    pub fn trim_before(&self, seq: u64) -> Result<u64, StoreError> {
+        let mut meta = self.meta();
+        let mut next = meta.clone();
+        let mut removals = Vec::new();
+        for entry in self.inner.readings.range(..key(seq)) {
+            let (k, v) = entry?;
+            let first = seq_of(&k);
+            let count = codec::block_len(&v).map_err(|detail| StoreError::Corrupt {
+                what: "readings block",
+                key: first,
+                detail,
+            })?;
+            if first + count > seq {
+                break;
+            }
+            next.readings_bytes -= (k.len() + v.len()) as u64;
+            next.counters.readings_trimmed += count;
+            removals.push(k);
+        }
+        if removals.is_empty() {
+            return Ok(0);
+        }
+        let meta_bytes = to_cbor("metadata", &next)?;
+        let result: Result<(), TransactionError<()>> =
+            (&self.inner.readings, &self.inner.meta_tree).transaction(|(readings, meta_tree)| {
+                for k in &removals {
+                    readings.remove(k)?;
+                }
+                meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        finish(result)?;
+        self.inner.db.flush()?;
+        let removed = next.counters.readings_trimmed - meta.counters.readings_trimmed;
+        *meta = next;
+        Ok(removed)
+    }
+
+    /// Readings with sequence numbers `>= from`, in order, at most `limit`.
+    pub fn readings_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Reading)>, StoreError> {
+        let mut out = Vec::new();
+        // The block holding `from` starts at or before it.
+        let start = match self.inner.readings.range(..=key(from)).next_back() {
+            Some(entry) => seq_of(&entry?.0),
+            None => from,
+        };
+        for entry in self.inner.readings.range(key(start)..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let first = seq_of(&k);
+            let block = decode_block(&v).map_err(|detail| StoreError::Corrupt {
+                what: "readings block",
+                key: first,
+                detail,
+            })?;
+            for (i, r) in block.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq >= from && out.len() < limit {
+                    out.push((seq, r));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `n` readings, oldest first.
+    pub fn last_readings(&self, n: usize) -> Result<Vec<(u64, Reading)>, StoreError> {
+        let next = self.meta().next_seq;
+        let first = self.first_seq()?.unwrap_or(next);
+        let from = next.saturating_sub(n as u64).max(first);
+        self.readings_from(from, n)
+    }
+
+    fn first_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.readings.first()?.map(|(k, _)| seq_of(&k)))
+    }
+
+    /// The last `n` dead letters, oldest first, with their sequence numbers.
+    pub fn last_dead_letters(&self, n: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.dead.iter().rev().take(n) {
+            let (k, v) = entry?;
+            let seq = seq_of(&k);
+            out.push((seq, from_cbor("dead letter", seq, &v)?));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let meta = self.meta().clone();
+        let first_seq = self.first_seq()?;
+        Ok(Stats {
+            readings: first_seq.map(|f| meta.next_seq - f).unwrap_or(0),
+            first_seq,
+            next_seq: meta.next_seq,
+            readings_bytes: meta.readings_bytes,
+            dead_letters: meta.dead_count,
+            dead_letter_bytes: meta.dead_bytes,
+            budget_bytes: self.inner.limits.budget_bytes,
+            size_on_disk: self.inner.db.size_on_disk()?,
+            counters: meta.counters,
+        })
+    }
+
+    /// Flush everything to disk (used at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+use super::*;
+use crate::model::{Value, Waveform};
+
+fn reading(i: u64) -> Reading {
+    Reading {
+        device: format!("pump-{}", i % 3),
+        metric: "temperature".into(),
+        time_ms: 1_700_000_000_000 + i as i64,
+        value: Value::Scalar(i as f64),
+    }
+}
+
+fn dead(i: u64, len: usize) -> DeadLetter {
+    DeadLetter {
+        topic: format!("t/{i}"),
+        payload: vec![b'x'; len],
+        payload_len: len,
+        reason: Reason::Malformed,
+        detail: "bad".into(),
+        received_ms: i as i64,
+    }
+}
+
+fn batch(range: std::ops::Range<u64>) -> Batch {
+    Batch {
+        readings: range.clone().map(reading).collect(),
+        dead_letters: vec![],
+        messages: range.end - range.start,
+    }
+}
+
+fn open(dir: &Path, budget: u64) -> Store {
+    Store::open_at(dir, budget, 5, 10_000).unwrap()
+}
+
+#[test]
+fn commits_survive_reopen_with_sequence_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), 1 << 30);
+        assert_eq!(
+            s.commit(&batch(0..3000)).unwrap(),
+            Commit::Stored {
+                first_seq: 0,
+                count: 3000
+            }
+        );
+        assert_eq!(
+            s.commit(&batch(3000..3010)).unwrap(),
+            Commit::Stored {
+                first_seq: 3000,
+                count: 10
+            }
+        );
+    }
+    let s = open(dir.path(), 1 << 30);
+    let st = s.stats().unwrap();
+    assert_eq!(st.readings, 3010);
+    assert_eq!(st.next_seq, 3010);
+    assert_eq!(st.counters.readings_stored, 3010);
+    assert_eq!(st.counters.messages, 3010);
+    // Sequence numbers continue after a restart.
+    assert_eq!(
+        s.commit(&batch(3010..3011)).unwrap(),
+        Commit::Stored {
+            first_seq: 3010,
+            count: 1
+        }
+    );
+    let all = s.readings_from(0, usize::MAX).unwrap();
+    assert_eq!(all.len(), 3011);
+    for (i, (seq, r)) in all.iter().enumerate() {
+        assert_eq!(*seq, i as u64);
+        assert_eq!(*r, reading(i as u64));
+    }
+}
+
+#[test]
+fn reads_from_the_middle_of_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    s.commit(&batch(0..2500)).unwrap();
+    let got = s.readings_from(1500, 3).unwrap();
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1500, 1501, 1502]
+    );
+    assert_eq!(got[0].1, reading(1500));
+    let last = s.last_readings(2).unwrap();
+    assert_eq!(
+        last.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![2498, 2499]
+    );
+}
+
+#[test]
+fn full_budget_refuses_and_trimming_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 20_000);
+    let mut next = 0;
+    while let Commit::Stored { count, .. } = s.commit(&batch(next..next + 100)).unwrap() {
+        next += count;
+        assert!(next < 100_000, "the budget never filled");
+    }
+    assert!(s.is_full());
+    let used = s.used_bytes();
+    // Overshoot is bounded by one batch.
+    assert!(used < 20_000 + 10_000, "used {used}");
+    // Nothing was written by the refused commit.
+    assert_eq!(s.stats().unwrap().next_seq, next);
+    let trimmed = s.trim_before(next).unwrap();
+    assert_eq!(trimmed, next);
+    assert!(!s.is_full());
+    assert_eq!(s.used_bytes(), 0);
+    assert!(
+        matches!(s.commit(&batch(next..next + 1)).unwrap(), Commit::Stored { first_seq, .. } if first_seq == next)
+    );
+    assert_eq!(s.stats().unwrap().counters.readings_trimmed, next);
+}
+
+#[test]
+fn trim_keeps_a_block_that_is_partly_unconsumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    s.commit(&batch(0..10)).unwrap();
+    s.commit(&batch(10..20)).unwrap();
+    assert_eq!(s.trim_before(15).unwrap(), 10);
+    assert_eq!(
+        s.readings_from(0, 100).unwrap().first().map(|(s, _)| *s),
+        Some(10)
+    );
+}
+
+#[test]
+fn dead_letters_are_bounded_oldest_first_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30); // at most 5 dead letters, 10 kB
+    for i in 0..8 {
+        s.commit(&Batch {
+            readings: vec![],
+            dead_letters: vec![dead(i, 10)],
+            messages: 1,
+        })
+        .unwrap();
+    }
+    let dl = s.last_dead_letters(100).unwrap();
+    assert_eq!(
+        dl.iter().map(|(_, d)| d.topic.as_str()).collect::<Vec<_>>(),
+        vec!["t/3", "t/4", "t/5", "t/6", "t/7"]
+    );
+    let st = s.stats().unwrap();
+    assert_eq!(st.dead_letters, 5);
+    assert_eq!(st.counters.dead_letters_dropped, 3);
+    assert_eq!(st.counters.rejected[&Reason::Malformed], 8);
+    // The byte bound applies too: one big letter pushes the others out.
+    s.commit(&Batch {
+        readings: vec![],
+        dead_letters: vec![dead(99, 9_800)],
+        messages: 1,
+    })
+    .unwrap();
+    let dl = s.last_dead_letters(100).unwrap();
+    assert_eq!(dl.last().unwrap().1.topic, "t/99");
+    let kept_small = dl.len() as u64 - 1;
+    assert!(
+        kept_small < 4,
+        "the byte bound dropped nothing: {} kept",
+        dl.len()
+    );
+    let st = s.stats().unwrap();
+    assert!(st.dead_letter_bytes <= 10_000, "{}", st.dead_letter_bytes);
+    assert_eq!(st.dead_letters, dl.len() as u64);
+    assert_eq!(st.counters.dead_letters_dropped, 3 + (5 - kept_small));
+}
+
+#[test]
+fn waveforms_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    let w = Reading {
+        value: Value::Waveform(Waveform {
+            sample_rate_hz: 25_600.0,
+            samples: (0..4096).map(|i| (i as f32 * 0.01).sin()).collect(),
+        }),
+        ..reading(0)
+    };
+    s.commit(&Batch {
+        readings: vec![w.clone()],
+        dead_letters: vec![],
+        messages: 1,
+    })
+    .unwrap();
+    assert_eq!(s.last_readings(1).unwrap()[0].1, w);
+}

@@ -1,0 +1,116 @@
+//! The command line: check-config, inspect, and a clean stop on SIGTERM.
+
+use std::path::Path;
+
+use crate::support::{publish_blocking, vigil_cmd, Broker, Msg, Options, Setup, VigilProcess};
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vigil.toml");
+    let out = vigil_cmd()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn check_config_reports_every_error_with_file_and_line() {
+    let setup = Setup::new(&Options::new(1883));
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("keepalive_s = 5", "keepalive_s = 1\nspeed = 3")
+        .replace("flush_interval_ms = 10", "flush_interval_ms = \"fast\"");
+    std::fs::write(&setup.config, &text).unwrap();
+    std::fs::write(
+        setup.dir.path().join("devices/pumps.toml"),
+        "match = \"pump-*\"\n[metrics.temp]\nunits = \"degC\"\n",
+    )
+    .unwrap();
+    let out = vigil_cmd()
+        .args(["check-config", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let main = setup.config.display().to_string();
+    for expected in [
+        format!("{main}:{}: broker.keepalive_s", line_of("keepalive_s")),
+        format!("{main}:{}: broker.speed: unknown field", line_of("speed")),
+        format!(
+            "{main}:{}: store.flush_interval_ms",
+            line_of("flush_interval_ms")
+        ),
+        format!(
+            "{}:3: metrics.temp.units: unknown field",
+            setup.dir.path().join("devices/pumps.toml").display()
+        ),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 error(s) found"), "{stderr}");
+}
+
+#[test]
+fn sigterm_flushes_and_exits_zero_and_inspect_reads_the_store() {
+    let broker = Broker::start();
+    let setup = Setup::new(&Options::new(broker.port));
+    let vigil = VigilProcess::start(&setup);
+    vigil.wait_for_log("subscribed", 1);
+    // Inspect refuses to open the store of a running agent, with a hint.
+    let out = vigil_cmd()
+        .args(["inspect", "--config"])
+        .arg(&setup.config)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is vigil running?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    publish_blocking(
+        broker.port,
+        vec![
+            Msg::new(
+                "plant/l1/pump-3/temperature",
+                r#"{"value": 40.25, "ts": "2026-11-21T10:00:00Z"}"#,
+            ),
+            Msg::new("plant/l1/pump-3/temperature", "oops"),
+        ],
+    );
+    vigil.wait_for_log("batch committed", 1);
+    let log = vigil.log();
+    assert!(log.contains("payload rejected"), "{log}");
+    let status = vigil.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let readings = setup.inspect("readings", 10);
+    assert_eq!(readings.len(), 1);
+    assert_eq!(readings[0]["device"], "pump-3");
+    assert_eq!(readings[0]["metric"], "temperature");
+    assert_eq!(readings[0]["value"], 40.25);
+    assert_eq!(readings[0]["time"], "2026-11-21T10:00:00Z");
+    let dead = setup.inspect("dead-letters", 10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "malformed");
+    assert_eq!(dead[0]["payload"], "oops");
+    let stats = &setup.inspect("stats", 1)[0];
+    assert_eq!(stats["readings"], 1);
+    assert_eq!(stats["dead_letters"], 1);
+    assert_eq!(stats["messages_total"], 2);
+    assert_eq!(stats["oldest_event_time"], "2026-11-21T10:00:00Z");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: vigil against a real Mosquitto broker and a real sled store.
+
+mod support;
+
+mod backpressure;
+mod bad_input;
+mod cli;
+mod crash;
+mod formats;
+mod fuzz;
+mod tls;

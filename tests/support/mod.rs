@@ -1,0 +1,421 @@
+//! Test support: a real Mosquitto broker on a free loopback port, vigil as a
+//! process or in-process, a publisher, and config files in a temp dir.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+/// Generous upper bound for anything a test waits on (not a speed claim).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_path() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+    {
+        let p = Path::new(dir).join("mosquitto");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("mosquitto is not installed: these tests need a real broker. Install it with `apt-get install -y mosquitto` (Debian/Ubuntu) and run the tests again.");
+}
+
+/// TLS listener settings for the broker.
+pub struct BrokerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub require_client_cert: bool,
+}
+
+/// A Mosquitto process, killed on drop.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::start_with(None)
+    }
+
+    pub fn start_with(tls: Option<BrokerTls>) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // Unlimited queue for offline persistent sessions (the default 1000
+        // would drop messages while vigil is killed), and a wide in-flight window.
+        let mut conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n");
+        let mut tls_port = None;
+        if let Some(t) = &tls {
+            let p = free_port();
+            conf.push_str(&format!(
+                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display(),
+                t.require_client_cert
+            ));
+            tls_port = Some(p);
+        }
+        let conf_path = dir.path().join("mosquitto.conf");
+        fs::write(&conf_path, conf).unwrap();
+        let log = fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(mosquitto_path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto");
+        let broker = Broker {
+            child,
+            port,
+            tls_port,
+            _dir: dir,
+        };
+        for p in std::iter::once(port).chain(tls_port) {
+            wait_until("the broker listens", || {
+                TcpStream::connect(("127.0.0.1", p)).is_ok()
+            });
+        }
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds; panic after `PATIENCE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A config directory: vigil.toml, devices/default.toml, store/.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// Settings that vary between tests; everything else is fixed.
+pub struct Options {
+    pub port: u16,
+    pub qos: u8,
+    pub budget_bytes: u64,
+    pub flush_interval_ms: u64,
+    pub flush_max_readings: u64,
+    pub max_payload_bytes: u64,
+    pub template: String,
+    /// Extra lines for the [broker] table (TLS and so on).
+    pub broker_extra: String,
+}
+
+impl Options {
+    pub fn new(port: u16) -> Self {
+        Options {
+            port,
+            qos: 1,
+            budget_bytes: 1 << 30,
+            flush_interval_ms: 10,
+            flush_max_readings: 2000,
+            max_payload_bytes: 1 << 20,
+            template: "plant/+/{device}/{metric}".into(),
+            broker_extra: String::new(),
+        }
+    }
+}
+
+impl Setup {
+    pub fn new(o: &Options) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("devices")).unwrap();
+        fs::write(dir.path().join("devices/default.toml"), "match = \"*\"\n").unwrap();
+        let client_id = format!("vigil-test-{}", o.port);
+        let text = format!(
+            r#"gateway_id = "gw-test"
+log_level = "info"
+
+[broker]
+host = "127.0.0.1"
+port = {port}
+client_id = "{client_id}"
+keepalive_s = 5
+max_payload_bytes = {max_payload}
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+{extra}
+
+[[subscriptions]]
+template = "{template}"
+qos = {qos}
+
+[store]
+path = "store"
+budget_bytes = {budget}
+flush_interval_ms = {flush}
+flush_max_readings = {max}
+dead_letter_max_bytes = {dl_bytes}
+"#,
+            port = o.port,
+            max_payload = o.max_payload_bytes,
+            extra = o.broker_extra,
+            template = o.template,
+            qos = o.qos,
+            budget = o.budget_bytes,
+            flush = o.flush_interval_ms,
+            max = o.flush_max_readings,
+            dl_bytes = (o.budget_bytes / 2).min(1 << 20),
+        );
+        let config = dir.path().join("vigil.toml");
+        fs::write(&config, text).unwrap();
+        Setup { dir, config }
+    }
+
+    pub fn load(&self) -> vigil::config::Config {
+        vigil::config::load(&self.config).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("vigil.log")
+    }
+
+    /// Run `vigil inspect <what>` and parse its JSON lines.
+    pub fn inspect(&self, what: &str, last: usize) -> Vec<serde_json::Value> {
+        let out = vigil_cmd()
+            .args(["inspect", "--config"])
+            .arg(&self.config)
+            .arg(what)
+            .args(["--last", &last.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+pub fn vigil_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+}
+
+/// `vigil run` as a child process, logging to `setup.log_path()` (appending).
+pub struct VigilProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl VigilProcess {
+    pub fn start(setup: &Setup) -> VigilProcess {
+        let log_path = setup.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = vigil_cmd()
+            .args(["run", "--config"])
+            .arg(&setup.config)
+            .env("VIGIL_LOG", "info,vigil::ingest::writer=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        VigilProcess {
+            child,
+            log: log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn wait_for_log(&self, needle: &str, occurrences: usize) {
+        wait_until(
+            &format!("the log shows {needle:?} {occurrences} time(s)"),
+            || self.log().matches(needle).count() >= occurrences,
+        );
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "vigil did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for VigilProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One message to publish.
+#[derive(Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+}
+
+impl Msg {
+    pub fn new(topic: &str, payload: impl Into<Vec<u8>>) -> Msg {
+        Msg {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: 1,
+        }
+    }
+}
+
+/// Publish every message, waiting for the broker's PUBACK of each QoS 1 one.
+pub async fn publish(port: u16, msgs: Vec<Msg>) {
+    let id = format!(
+        "test-pub-{}-{}",
+        port,
+        std::process::id() as u64 * 1000 + rand_u64() % 1000
+    );
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5))
+        .set_inflight(200);
+    opts.set_max_packet_size(64 << 20, 64 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let expected_acks = msgs.iter().filter(|m| m.qos > 0).count();
+    let total = msgs.len();
+    let sender = tokio::spawn(async move {
+        for m in msgs {
+            let qos = if m.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            client
+                .publish(m.topic, qos, false, m.payload)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let (mut acks, mut sent) = (0, 0);
+    while acks < expected_acks || sent < total {
+        match tokio::time::timeout(PATIENCE, eventloop.poll())
+            .await
+            .expect("publisher stalled")
+        {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher lost its connection: {e}"),
+        }
+    }
+    let client = sender.await.unwrap();
+    client.disconnect().await.unwrap();
+    while let Ok(ev) = eventloop.poll().await {
+        if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+            break;
+        }
+    }
+}
+
+/// Start vigil in-process and wait until its subscriptions are in place.
+pub async fn start_app(setup: &Setup) -> vigil::app::Running {
+    // Logs show up with the failing test's output (set VIGIL_LOG=debug for more).
+    let filter = std::env::var("VIGIL_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+    let running = vigil::app::start(&setup.load()).await.unwrap();
+    let m = running.metrics().clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("vigil has subscribed", || {
+            m.subscribed.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+    .await
+    .unwrap();
+    running
+}
+
+/// Blocking wrapper around `publish` for tests without a runtime.
+pub fn publish_blocking(port: u16, msgs: Vec<Msg>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(publish(port, msgs));
+}
+
+/// A little randomness without a dependency (seeded from the clock).
+pub fn rand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let mut x = nanos ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
