@@ -284,7 +284,9 @@ def cmd_cpudiff(a):
         before = json.load(f)
     with open(a.after) as f:
         after = json.load(f)
-    wall = after["t"] - before["t"]
+    # Utilisation over the measured phase (first publish -> done) when given: the
+    # snapshots also span the publisher's start-up, during which everything is idle.
+    wall = a.wall if a.wall else after["t"] - before["t"]
     for pid, threads in after["procs"].items():
         label = a.label.get(pid, pid) if a.label else pid
         old = before["procs"].get(pid, {})
@@ -294,7 +296,7 @@ def cmd_cpudiff(a):
             rows.append((d / TICK, tid, th["name"]))
         total = sum(r[0] for r in rows)
         busy = [r for r in sorted(rows, reverse=True) if r[0] > 0]
-        print(f"    {label} (pid {pid}): {total:.2f} CPU-s over {wall:.2f} s wall = {100 * total / max(wall, 1e-9):.0f}% of one core")
+        print(f"    {label} (pid {pid}): {total:.2f} CPU-s in {wall:.2f} s = {100 * total / max(wall, 1e-9):.0f}% of one core")
         for secs, tid, name in busy[:8]:
             print(f"      {name:<22} tid {tid:<8} {secs:6.2f} s  {100 * secs / max(wall, 1e-9):4.0f}%")
 
@@ -376,6 +378,7 @@ def main():
     s.add_argument("before")
     s.add_argument("after")
     s.add_argument("--label", nargs="*", type=lambda kv: kv.split("=", 1), default=[])
+    s.add_argument("--wall", type=float, help="seconds to compute utilisation over")
 
     s = sub.add_parser("hwm")
     s.add_argument("pid")

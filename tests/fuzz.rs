@@ -76,6 +76,11 @@ fn format() -> impl Strategy<Value = PayloadFormat> {
     prop::sample::select(FORMATS.to_vec())
 }
 
+/// Mostly the format a document is encoded in (or `Auto`), sometimes any.
+fn format_for(native: PayloadFormat) -> impl Strategy<Value = PayloadFormat> {
+    prop_oneof![3 => Just(native), 3 => Just(PayloadFormat::Auto), 1 => format()]
+}
+
 /// Device and metric names: mostly valid, some refused by `check_name`.
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -91,7 +96,14 @@ fn name() -> impl Strategy<Value = String> {
 
 /// Device and metric as the topic template gives them (or not).
 fn ids() -> impl Strategy<Value = (Option<String>, Option<String>)> {
-    (prop::option::of(name()), prop::option::of(name()))
+    prop_oneof![
+        3 => (prop::option::of(valid_name()), prop::option::of(valid_name())),
+        1 => (prop::option::of(name()), prop::option::of(name())),
+    ]
+}
+
+fn valid_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_-]{1,20}"
 }
 
 fn as_ids(ids: &(Option<String>, Option<String>)) -> TopicIds<'_> {
@@ -204,57 +216,103 @@ fn json_value() -> impl Strategy<Value = Json> {
     })
 }
 
-/// An object shaped like a reading: each known field present or not, its
-/// value usually of the right type.
+/// The fields of an object shaped like a reading, each encoding's value type
+/// `V` built with the given strategies: mostly a scalar or a waveform block,
+/// sometimes any mix of fields; a time, a device and a metric, or not.
+fn reading_fields<V: Clone + std::fmt::Debug + 'static>(
+    number: impl Fn() -> BoxedStrategy<V>,
+    anything: impl Fn() -> BoxedStrategy<V>,
+    time: BoxedStrategy<V>,
+    text: fn(String) -> V,
+    array: fn(Vec<V>) -> V,
+) -> BoxedStrategy<Vec<(String, V)>> {
+    let field = |k: &str, v: V| (k.to_string(), v);
+    let maybe = |s: BoxedStrategy<V>| prop::option::weighted(0.8, s);
+    let number_or_any = || prop_oneof![4 => number(), 1 => anything()].boxed();
+    let body = prop_oneof![
+        4 => number().prop_map(move |v| vec![field("value", v)]),
+        4 => (prop::collection::vec(number(), 0..16), number())
+            .prop_map(move |(s, r)| vec![field("samples", array(s)), field("sample_rate_hz", r)]),
+        1 => (
+            maybe(number_or_any()),
+            maybe(prop_oneof![4 => prop::collection::vec(number(), 0..16).prop_map(array), 1 => anything()].boxed()),
+            maybe(number_or_any()),
+        )
+            .prop_map(move |(v, s, r)| {
+                [("value", v), ("samples", s), ("sample_rate_hz", r)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| field(k, v)))
+                    .collect()
+            }),
+    ];
+    let name =
+        prop_oneof![8 => valid_name().prop_map(text), 1 => name().prop_map(text), 1 => anything()]
+            .boxed();
+    // Mostly keys decode ignores, sometimes one of its own.
+    let extra_key = prop_oneof![4 => "[a-z_]{1,8}", 1 => key()];
+    (
+        prop::collection::vec((extra_key, anything()), 0..3),
+        body,
+        prop::option::weighted(
+            0.7,
+            (prop::sample::select(vec!["ts", "timestamp", "time"]), time),
+        ),
+        maybe(name.clone()),
+        maybe(name),
+    )
+        .prop_map(move |(extra, body, time, device, metric)| {
+            // Random extra keys first, so the fields chosen above usually win.
+            let mut fields = extra;
+            fields.extend(body);
+            fields.extend(time.map(|(k, v)| field(k, v)));
+            fields.extend(device.map(|v| field("device", v)));
+            fields.extend(metric.map(|v| field("metric", v)));
+            fields
+        })
+        .boxed()
+}
+
+/// A valid RFC 3339 time between 1970 and 9999 (any offset, any precision).
+fn rfc3339() -> impl Strategy<Value = String> {
+    (
+        1970i32..=9999,
+        1u8..=12,
+        1u8..=28,
+        0u8..24,
+        0u8..60,
+        0u8..60,
+        "(\\.[0-9]{1,9})?",
+        "Z|z|[+-](0[0-9]|1[0-3]):[0-5][0-9]",
+    )
+        .prop_map(|(y, mo, d, h, mi, s, frac, off)| {
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{off}")
+        })
+}
+
+/// An object shaped like a reading.
 fn json_reading() -> impl Strategy<Value = Json> {
-    let samples = prop_oneof![
-        4 => prop::collection::vec(json_number(), 0..16).prop_map(Json::Array),
+    let time = prop_oneof![
+        3 => (0..=MAX_EPOCH_MS).prop_map(Json::from),
+        2 => rfc3339().prop_map(Json::String),
+        1 => json_number(),
+        1 => time_text().prop_map(Json::String),
         1 => json_value(),
     ];
-    let time = prop_oneof![
-        json_number(),
-        time_text().prop_map(Json::String),
-        json_value()
-    ];
-    let text = prop_oneof![4 => name().prop_map(Json::String), 1 => json_value()];
-    (
-        prop::option::of(prop_oneof![4 => json_number(), 1 => json_value()]),
-        prop::option::of(samples),
-        prop::option::of(prop_oneof![4 => json_number(), 1 => json_value()]),
-        prop::option::of((prop::sample::select(vec!["ts", "timestamp", "time"]), time)),
-        prop::option::of(text.clone()),
-        prop::option::of(text),
-        prop::collection::vec((key(), json_value()), 0..3),
+    reading_fields(
+        || json_number().boxed(),
+        || json_value().boxed(),
+        time.boxed(),
+        Json::String,
+        Json::Array,
     )
-        .prop_map(|(value, samples, rate, time, device, metric, extra)| {
-            let mut m = serde_json::Map::new();
-            for (k, v) in extra {
-                m.insert(k, v);
-            }
-            let fields = [
-                ("value", value),
-                ("samples", samples),
-                ("sample_rate_hz", rate),
-                ("device", device),
-                ("metric", metric),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    m.insert(k.to_string(), v);
-                }
-            }
-            if let Some((k, v)) = time {
-                m.insert(k.to_string(), v);
-            }
-            Json::Object(m)
-        })
+    .prop_map(|fields| Json::Object(fields.into_iter().collect()))
 }
 
 /// Whole JSON documents: a reading, a batch of readings, or anything.
 fn json_doc() -> impl Strategy<Value = Json> {
     prop_oneof![
-        3 => json_reading(),
-        2 => prop::collection::vec(prop_oneof![4 => json_reading(), 1 => json_value()], 0..6).prop_map(Json::Array),
+        4 => json_reading(),
+        2 => prop::collection::vec(prop_oneof![8 => json_reading(), 1 => json_value()], 0..5).prop_map(Json::Array),
         1 => json_value(),
     ]
 }
@@ -305,63 +363,31 @@ fn cbor_value() -> impl Strategy<Value = Cbor> {
 /// CBOR time values: numbers, text, and tags 0 and 1 around anything.
 fn cbor_time() -> impl Strategy<Value = Cbor> {
     prop_oneof![
-        cbor_number(),
-        time_text().prop_map(Cbor::Text),
-        time_text().prop_map(|t| Cbor::Tag(0, Box::new(Cbor::Text(t)))),
-        cbor_number().prop_map(|n| Cbor::Tag(1, Box::new(n))),
-        cbor_value(),
+        6 => (0..=MAX_EPOCH_MS).prop_map(|t| Cbor::Integer(t.into())),
+        2 => (0..=MAX_EPOCH_MS / 1000).prop_map(|t| Cbor::Tag(1, Box::new(Cbor::Integer(t.into())))),
+        2 => rfc3339().prop_map(Cbor::Text),
+        2 => rfc3339().prop_map(|t| Cbor::Tag(0, Box::new(Cbor::Text(t)))),
+        1 => cbor_number(),
+        1 => time_text().prop_map(Cbor::Text),
+        1 => time_text().prop_map(|t| Cbor::Tag(0, Box::new(Cbor::Text(t)))),
+        1 => cbor_number().prop_map(|n| Cbor::Tag(1, Box::new(n))),
+        1 => cbor_value(),
     ]
 }
 
+/// A map shaped like a reading; some keys are not text.
 fn cbor_reading() -> impl Strategy<Value = Cbor> {
-    let samples = prop_oneof![
-        4 => prop::collection::vec(cbor_number(), 0..16).prop_map(Cbor::Array),
-        1 => cbor_value(),
-    ];
-    let text = prop_oneof![4 => name().prop_map(Cbor::Text), 1 => cbor_value()];
     (
-        prop::option::of(prop_oneof![4 => cbor_number(), 1 => cbor_value()]),
-        prop::option::of(samples),
-        prop::option::of(prop_oneof![4 => cbor_number(), 1 => cbor_value()]),
-        prop::option::of((
-            prop::sample::select(vec!["ts", "timestamp", "time"]),
-            cbor_time(),
-        )),
-        prop::option::of(text.clone()),
-        prop::option::of(text),
-        prop::collection::vec(
-            (
-                prop_oneof![key().prop_map(Cbor::Text), cbor_value()],
-                cbor_value(),
-            ),
-            0..3,
-        ),
+        reading_fields(|| cbor_number().boxed(), || cbor_value().boxed(), cbor_time().boxed(), Cbor::Text, Cbor::Array),
+        prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec((cbor_value(), cbor_value()), 1..3)],
     )
-        .prop_map(|(value, samples, rate, time, device, metric, extra)| {
-            let mut entries = extra;
-            let fields = [
-                ("value", value),
-                ("samples", samples),
-                ("sample_rate_hz", rate),
-                ("device", device),
-                ("metric", metric),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    entries.push((Cbor::Text(k.into()), v));
-                }
-            }
-            if let Some((k, v)) = time {
-                entries.push((Cbor::Text(k.into()), v));
-            }
-            Cbor::Map(entries)
-        })
+        .prop_map(|(fields, odd)| Cbor::Map(odd.into_iter().chain(fields.into_iter().map(|(k, v)| (Cbor::Text(k), v))).collect()))
 }
 
 fn cbor_doc() -> impl Strategy<Value = Cbor> {
     prop_oneof![
-        3 => cbor_reading(),
-        2 => prop::collection::vec(prop_oneof![4 => cbor_reading(), 1 => cbor_value()], 0..6).prop_map(Cbor::Array),
+        4 => cbor_reading(),
+        2 => prop::collection::vec(prop_oneof![8 => cbor_reading(), 1 => cbor_value()], 0..5).prop_map(Cbor::Array),
         1 => cbor_value(),
     ]
 }
@@ -381,14 +407,13 @@ enum Damage {
 }
 
 fn damage() -> impl Strategy<Value = Vec<Damage>> {
-    prop::collection::vec(
-        prop_oneof![
-            any::<usize>().prop_map(Damage::Truncate),
-            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
-            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Insert(i, b)),
-        ],
-        0..4,
-    )
+    let one = prop_oneof![
+        any::<usize>().prop_map(Damage::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Insert(i, b)),
+    ];
+    // Mostly intact, so that well-formed documents reach the field checks.
+    prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec(one, 1..4)]
 }
 
 fn apply_damage(mut bytes: Vec<u8>, damage: &[Damage]) -> Vec<u8> {
@@ -411,15 +436,17 @@ fn apply_damage(mut bytes: Vec<u8>, damage: &[Damage]) -> Vec<u8> {
 
 // ------------------------------------------------------------ decode: checks
 
+/// A valid reading to encode: device, metric, a scalar (`Ok`) or a waveform
+/// block (`Err((samples, sample_rate_hz))`), and the event time if given.
+type ValidReading = (String, String, Result<f64, (Vec<f32>, f64)>, Option<i64>);
+
 /// What must hold for any input: Ok with sane readings, or a rejection that says why.
 fn check_decoded(
     format: PayloadFormat,
     ids: TopicIds<'_>,
     payload: &[u8],
 ) -> Result<Vec<Reading>, TestCaseError> {
-    let tmp = decode(format, ids, payload, RECEIVED_MS);
-    eprintln!("TMPDEC {} {:?}", std::thread::current().name().unwrap_or(""), tmp.as_ref().map(|r| r.len()).map_err(|e| e.reason));
-    match tmp {
+    match decode(format, ids, payload, RECEIVED_MS) {
         Ok(readings) => {
             prop_assert!(!readings.is_empty(), "Ok with no readings");
             for r in &readings {
@@ -486,7 +513,7 @@ fn check_reading(r: &Reading, ids: TopicIds<'_>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn decode_random_bytes(format in format(), ids in ids(), payload in prop::collection::vec(any::<u8>(), 0..64)) {
@@ -521,7 +548,7 @@ proptest! {
         batch in any::<bool>(),
     ) {
         let readings = if batch { readings } else { readings[..1].to_vec() };
-        let json_of = |(device, metric, value, ts): &(String, String, Result<f64, (Vec<f32>, f64)>, Option<i64>)| {
+        let json_of = |(device, metric, value, ts): &ValidReading| {
             let mut m = serde_json::json!({ "device": device, "metric": metric });
             match value {
                 Ok(v) => m["value"] = Json::from(*v),
@@ -580,8 +607,16 @@ proptest! {
 #[test]
 fn decode_random_json() {
     check_property(
-        256,
-        || (format(), ids(), json_doc(), any::<bool>(), damage()),
+        512,
+        || {
+            (
+                format_for(PayloadFormat::Json),
+                ids(),
+                json_doc(),
+                any::<bool>(),
+                damage(),
+            )
+        },
         |(format, ids, doc, pretty, damage)| {
             let text = if pretty {
                 serde_json::to_vec_pretty(&doc)
@@ -598,8 +633,8 @@ fn decode_random_json() {
 #[test]
 fn decode_random_cbor() {
     check_property(
-        256,
-        || (format(), ids(), cbor_doc(), damage()),
+        512,
+        || (format_for(PayloadFormat::Cbor), ids(), cbor_doc(), damage()),
         |(format, ids, doc, damage)| {
             let payload = apply_damage(to_cbor(&doc), &damage);
             check_decoded(format, as_ids(&ids), &payload).map(drop)
@@ -777,7 +812,6 @@ fn check_config(path: &Path, text: String) -> Result<bool, TestCaseError> {
     let mut errors = Vec::new();
     let lines = line_count(&text);
     let config = vigil::config::from_str(path, text.clone(), &mut errors);
-    eprintln!("TMPCFG {} {}", config.is_some(), errors.first().map(|e| e.message.split(':').next().unwrap_or("").to_string()).unwrap_or_default());
     match config {
         Some(_) => prop_assert!(
             errors.is_empty(),
@@ -825,7 +859,7 @@ fn the_base_config_is_valid() {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn config_from_random_text(text in prop_oneof![
@@ -927,7 +961,7 @@ fn route_random_topics() {
     let template =
         "([a-z+#]{0,3}|\\{(device|metric|x)\\})(/([a-z+#]{0,3}|\\{(device|metric|x)\\})){0,4}";
     check_property(
-        256,
+        512,
         move || {
             (
                 topic(),

@@ -173,7 +173,7 @@ fn publish_reading(broker: &Broker, payload: &str) {
     publish_blocking(broker.port, vec![Msg::new(TOPIC, payload)]);
 }
 
-/// The stored readings of `device`/`metric`, as `(value, seq)`.
+/// The values of the stored pump-1/temperature readings, oldest first.
 fn stored_values(setup: &Setup) -> Vec<f64> {
     setup
         .inspect("readings", 10)
@@ -226,7 +226,7 @@ fn start_failing(setup: &Setup, needle: &str) -> VigilProcess {
         "connected despite the TLS failure; log:\n{log}"
     );
     assert!(
-        log.contains("local broker unreachable; retrying"),
+        log.contains("TLS with the local broker failed; check broker.tls"),
         "log:\n{log}"
     );
     vigil

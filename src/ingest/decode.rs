@@ -164,9 +164,11 @@ fn pick_name(
     let name = match (from_topic, from_payload) {
         (Some(t), _) => t.to_string(),
         (None, Some(p)) => p,
-        (None, None) => return Err(schema(format!(
+        (None, None) => {
+            return Err(schema(format!(
             "no {kind}: the topic template does not name one and the payload has no `{kind}` field"
-        ))),
+        )))
+        }
     };
     check_name(kind, &name).map_err(|e| Rejection::new(Reason::UnsafeName, e))?;
     Ok(name)
@@ -271,15 +273,16 @@ fn json_item(map: &serde_json::Map<String, Json>) -> Result<Item, Rejection> {
             }
             "sample_rate_hz" => item.sample_rate_hz = Some(json_number(k, v)?),
             "ts" | "timestamp" | "time" => {
-                item.time_ms =
-                    Some(match v {
-                        Json::String(s) => rfc3339_ms(s)?,
-                        Json::Number(_) => epoch_ms(k, json_number(k, v)?)?,
-                        other => return Err(schema(format!(
+                item.time_ms = Some(match v {
+                    Json::String(s) => rfc3339_ms(s)?,
+                    Json::Number(_) => epoch_ms(k, json_number(k, v)?)?,
+                    other => {
+                        return Err(schema(format!(
                             "field `{k}` is {}, expected epoch milliseconds or an RFC 3339 string",
                             json_kind(other)
-                        ))),
-                    })
+                        )))
+                    }
+                })
             }
             "device" => item.device = Some(json_string(k, v)?),
             "metric" => item.metric = Some(json_string(k, v)?),
@@ -429,9 +432,9 @@ fn rfc3339_ms(s: &str) -> Result<EpochMs, Rejection> {
             ))
         })?;
     let ms = t.unix_timestamp_nanos() / 1_000_000;
-    if ms < 0 {
+    if !(0..=MAX_EPOCH_MS as i128).contains(&ms) {
         return Err(schema(format!(
-            "timestamp {:?} is before 1970",
+            "timestamp {:?} is outside 1970..9999",
             truncate(s, 40)
         )));
     }
@@ -610,6 +613,14 @@ mod tests {
         );
         assert_eq!(
             rejected(Json, br#"{"value":1,"ts":-5}"#).reason,
+            Reason::Schema
+        );
+        assert_eq!(
+            rejected(Json, br#"{"value":1,"ts":"9999-12-31T23:59:59-13:59"}"#).reason,
+            Reason::Schema
+        );
+        assert_eq!(
+            rejected(Json, br#"{"value":1,"ts":"1969-12-31T23:59:59Z"}"#).reason,
             Reason::Schema
         );
         assert_eq!(

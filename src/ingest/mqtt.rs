@@ -188,6 +188,8 @@ pub async fn run(task: Task) {
                         )
                     ) {
                         error!(broker = %addr, error = %msg, "the local broker refused vigil's credentials; retrying");
+                    } else if is_tls_failure(&e, &msg) {
+                        error!(broker = %addr, error = %msg, "TLS with the local broker failed; check broker.tls (CA file, client certificate and key); retrying");
                     } else {
                         warn!(broker = %addr, error = %msg, "local broker unreachable; retrying with backoff");
                     }
@@ -232,6 +234,14 @@ pub async fn run(task: Task) {
     }
     metrics.connected.store(false, Ordering::Relaxed);
     info!(broker = %addr, "disconnected from the local broker");
+}
+
+/// Certificate problems need an operator, not patience: log them as errors.
+fn is_tls_failure(e: &rumqttc::ConnectionError, msg: &str) -> bool {
+    matches!(e, rumqttc::ConnectionError::Tls(_))
+        || msg.contains("certificate")
+        || msg.contains("Certificate")
+        || msg.contains("fatal alert")
 }
 
 fn warn_rejected(limiter: &mut RateLimit<Reason>, reason: Reason, topic: &str, detail: &str) {
