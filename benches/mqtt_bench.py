@@ -9,6 +9,9 @@ Subcommands:
                               count=` until N; prints one JSON object
   cpu      PID...             per-thread CPU ticks snapshot (JSON) from /proc
   cpudiff  BEFORE AFTER       print per-thread CPU seconds between two snapshots
+  cpusecs  BEFORE AFTER PID   CPU seconds of one process between two snapshots
+  pubcpu   PUB_JSON           one line on the publisher's own CPU use
+  rusage   OUT -- CMD...      run CMD, write its exit time, CPU time and peak RSS to OUT
   hwm      PID                peak RSS (VmHWM) of a process, in KiB
   table    RESULTS            print the results table (JSON lines file)
 """
@@ -113,6 +116,11 @@ def cmd_publish(a):
     else:
         pkts = encode_qos1(a.n, a.devices)
     sock = mqtt_connect(a.port, a.client_id)
+    if a.snapshot:
+        with open(a.snapshot, "w") as f:
+            json.dump(snapshot(a.snapshot_pids), f)
+    cpu = os.times()
+    cpu0 = cpu.user + cpu.system
     if a.qos == 0:
         view = memoryview(data)
         chunk = 256 * 1024
@@ -185,13 +193,16 @@ def cmd_publish(a):
         if err:
             raise err[0]
         t_done = time.time()
+    cpu = os.times()
+    cpu_seconds = cpu.user + cpu.system - cpu0
     try:
         sock.sendall(b"\xe0\x00")
         sock.close()
     except OSError:
         pass
     json.dump({"n": a.n, "qos": a.qos, "bytes": nbytes, "t_start": t_start, "t_sent": t_sent, "t_done": t_done,
-               "pub_seconds": t_done - t_start, "pub_rate": a.n / max(t_done - t_start, 1e-9)}, sys.stdout)
+               "pub_seconds": t_done - t_start, "pub_rate": a.n / max(t_done - t_start, 1e-9),
+               "cpu_seconds": cpu_seconds}, sys.stdout)
     print()
 
 
@@ -274,8 +285,34 @@ def thread_ticks(pid):
     return out
 
 
+def machine_ticks():
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def proc_ticks(pid):
+    """utime + stime of a whole process (including threads that have exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except FileNotFoundError:
+        return None
+    fields = s[s.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def snapshot(pids):
+    busy, total = machine_ticks()
+    return {"t": time.time(), "machine": [busy, total], "procs": {pid: thread_ticks(pid) for pid in pids},
+            "totals": {pid: proc_ticks(pid) for pid in pids}}
+
+
 def cmd_cpu(a):
-    json.dump({"t": time.time(), "procs": {pid: thread_ticks(pid) for pid in a.pids}}, sys.stdout)
+    json.dump(snapshot(a.pids), sys.stdout)
     print()
 
 
@@ -287,6 +324,13 @@ def cmd_cpudiff(a):
     # Utilisation over the measured phase (first publish -> done) when given: the
     # snapshots also span the publisher's start-up, during which everything is idle.
     wall = a.wall if a.wall else after["t"] - before["t"]
+    busy = after["machine"][0] - before["machine"][0]
+    total = after["machine"][1] - before["machine"][1]
+    ncpu = os.cpu_count() or 1
+    print(f"    machine: {100 * busy / max(total, 1):.0f}% of {ncpu} CPUs busy (all processes, "
+          f"{after['t'] - before['t']:.2f} s from the first publish to the end snapshot)")
+    for extra in a.extra:
+        print(f"    {extra}")
     for pid, threads in after["procs"].items():
         label = a.label.get(pid, pid) if a.label else pid
         old = before["procs"].get(pid, {})
@@ -301,6 +345,21 @@ def cmd_cpudiff(a):
             print(f"      {name:<22} tid {tid:<8} {secs:6.2f} s  {100 * secs / max(wall, 1e-9):4.0f}%")
 
 
+def cmd_cpusecs(a):
+    with open(a.before) as f:
+        before = json.load(f)
+    with open(a.after) as f:
+        after = json.load(f)
+    print(f"{(after['totals'][a.pid] - before['totals'][a.pid]) / TICK:.3f}")
+
+
+def cmd_pubcpu(a):
+    with open(a.pub) as f:
+        d = json.load(f)
+    print(f"publisher (python, QoS {d['qos']}): {d['cpu_seconds']:.2f} CPU-s in its {d['pub_seconds']:.2f} s "
+          f"= {100 * d['cpu_seconds'] / max(d['pub_seconds'], 1e-9):.0f}% of one core")
+
+
 def hwm_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -313,6 +372,22 @@ def cmd_hwm(a):
     print(hwm_kib(a.pid))
 
 
+def cmd_rusage(a):
+    """Run a command (inheriting stdio), then write its exit time, status, CPU and peak RSS as JSON."""
+    import signal
+    import subprocess
+    child = subprocess.Popen(a.command)
+    # Pass on the cleanup trap's SIGTERM (and ^C) so the child does not outlive us.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    _, status, ru = os.wait4(child.pid, 0)
+    t_exit = time.time()
+    with open(a.out, "w") as f:
+        json.dump({"t_exit": t_exit, "rc": os.waitstatus_to_exitcode(status), "cpu_seconds": ru.ru_utime + ru.ru_stime,
+                   "maxrss_kib": ru.ru_maxrss}, f)
+    sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
 # --------------------------------------------------------------------------
 # Report
 
@@ -323,7 +398,7 @@ def cmd_table(a):
             if line.strip():
                 rows.append(json.loads(line))
     by_id = {r["id"]: r for r in rows}
-    head = ("phase", "readings", "seconds", "readings/s", "vs mosquitto_sub", "peak RSS MiB", "publisher msgs/s")
+    head = ("phase", "readings", "seconds", "readings/s", "vs mosquitto_sub", "peak RSS MiB", "consumer CPU us/msg", "publisher msgs/s")
     table = [head]
     for r in rows:
         base = by_id.get(r.get("baseline"))
@@ -341,6 +416,7 @@ def cmd_table(a):
             f"{r['rate']:,.0f}" if r.get("rate") else "-",
             ratio,
             rss,
+            f"{1e6 * r['cpu_seconds'] / r['count']:.1f}" if r.get("cpu_seconds") and r["count"] else "-",
             f"{r['pub_rate']:,.0f}" if r.get("pub_rate") else "-",
         ))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
@@ -363,6 +439,8 @@ def main():
     s.add_argument("--qos", type=int, choices=(0, 1), default=0)
     s.add_argument("--window", type=int, default=20000, help="QoS 1: publishes in flight")
     s.add_argument("--client-id", default=f"bench-pub-{os.getpid()}")
+    s.add_argument("--snapshot", help="write a CPU snapshot (see `cpu`) here just before the first publish")
+    s.add_argument("--snapshot-pids", nargs="*", default=[])
 
     s = sub.add_parser("watch")
     s.add_argument("--log", required=True)
@@ -379,6 +457,19 @@ def main():
     s.add_argument("after")
     s.add_argument("--label", nargs="*", type=lambda kv: kv.split("=", 1), default=[])
     s.add_argument("--wall", type=float, help="seconds to compute utilisation over")
+    s.add_argument("--extra", action="append", default=[], help="line to print after the machine line")
+
+    s = sub.add_parser("cpusecs")
+    s.add_argument("before")
+    s.add_argument("after")
+    s.add_argument("pid")
+
+    s = sub.add_parser("pubcpu")
+    s.add_argument("pub")
+
+    s = sub.add_parser("rusage")
+    s.add_argument("out")
+    s.add_argument("command", nargs=argparse.REMAINDER)
 
     s = sub.add_parser("hwm")
     s.add_argument("pid")
@@ -400,6 +491,14 @@ def main():
     elif a.cmd == "cpudiff":
         a.label = dict(a.label)
         cmd_cpudiff(a)
+    elif a.cmd == "cpusecs":
+        cmd_cpusecs(a)
+    elif a.cmd == "pubcpu":
+        cmd_pubcpu(a)
+    elif a.cmd == "rusage":
+        if a.command[:1] == ["--"]:
+            a.command = a.command[1:]
+        cmd_rusage(a)
     elif a.cmd == "hwm":
         cmd_hwm(a)
     elif a.cmd == "table":

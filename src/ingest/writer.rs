@@ -118,6 +118,7 @@ pub async fn run(task: Task) {
     let mut retry_at: Option<Instant> = None;
     let mut closing = false;
     let mut full_since: Option<Instant> = None;
+    let mut failing = false;
     // Acks wait here, never in `acker.ack().await`: the request channel is
     // drained only by the event-loop task, which may itself be waiting on us
     // (inbound channel full). Blocking on it could deadlock both tasks.
@@ -172,6 +173,9 @@ pub async fn run(task: Task) {
                 match result {
                     Ok(Commit::Stored { first_seq, count }) => {
                         retry_at = None;
+                        if std::mem::take(&mut failing) {
+                            info!("store writes work again");
+                        }
                         if let Some(since) = full_since.take() {
                             info!(paused_s = since.elapsed().as_secs_f64(), "store has space again; ingest resumed");
                         }
@@ -196,7 +200,13 @@ pub async fn run(task: Task) {
                         metrics.set_pending(pending.bytes as u64);
                     }
                     Err(e) => {
-                        error!(error = %e, "cannot write to the store; retrying (messages stay unacknowledged)");
+                        // Once per outage, not once per retry.
+                        if !failing {
+                            error!(error = %e, "cannot write to the store; retrying every second (messages stay unacknowledged)");
+                            failing = true;
+                        } else {
+                            debug!(error = %e, "store write still failing");
+                        }
                         retry_at = Some(Instant::now() + ERROR_RETRY);
                         pending.prepend(batch);
                         metrics.set_pending(pending.bytes as u64);

@@ -177,6 +177,31 @@ fn from_cbor<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Metadata for trees that have data but no metadata record (written by a
+/// tool, or restored from a copy): sequence numbers and byte counts are
+/// recounted so that nothing is overwritten. Counters start from zero.
+fn rebuild_meta(readings: &sled::Tree, dead: &sled::Tree) -> Result<Meta, StoreError> {
+    let mut meta = Meta::default();
+    for entry in readings.iter() {
+        let (k, v) = entry?;
+        let first = seq_of(&k);
+        let count = codec::block_len(&v).map_err(|detail| StoreError::Corrupt {
+            what: "readings block",
+            key: first,
+            detail,
+        })?;
+        meta.next_seq = meta.next_seq.max(first + count);
+        meta.readings_bytes += (k.len() + v.len()) as u64;
+    }
+    for entry in dead.iter() {
+        let (k, v) = entry?;
+        meta.next_dead = meta.next_dead.max(seq_of(&k) + 1);
+        meta.dead_bytes += (k.len() + v.len()) as u64;
+        meta.dead_count += 1;
+    }
+    Ok(meta)
+}
+
 impl Store {
     /// Open (or create) the store at `config.path`.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -205,7 +230,7 @@ impl Store {
         let meta_tree = db.open_tree("meta")?;
         let meta = match meta_tree.get(META_KEY)? {
             Some(v) => from_cbor("metadata", 0, &v)?,
-            None => Meta::default(),
+            None => rebuild_meta(&readings, &dead)?,
         };
         Ok(Store {
             inner: Arc::new(Inner {

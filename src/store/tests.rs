@@ -192,3 +192,36 @@ fn waveforms_round_trip() {
     .unwrap();
     assert_eq!(s.last_readings(1).unwrap()[0].1, w);
 }
+
+#[test]
+fn lost_metadata_is_rebuilt_without_reusing_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), 1 << 30);
+        s.commit(&batch(0..1500)).unwrap();
+        s.commit(&Batch {
+            readings: vec![],
+            dead_letters: vec![dead(0, 10)],
+            messages: 1,
+        })
+        .unwrap();
+        let used = s.used_bytes();
+        drop(s);
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta").unwrap().clear().unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let s = open(dir.path(), 1 << 30);
+        assert_eq!(s.used_bytes(), used);
+    }
+    let s = open(dir.path(), 1 << 30);
+    assert_eq!(
+        s.commit(&batch(1500..1501)).unwrap(),
+        Commit::Stored {
+            first_seq: 1500,
+            count: 1
+        }
+    );
+    assert_eq!(s.readings_from(0, usize::MAX).unwrap().len(), 1501);
+    assert_eq!(s.stats().unwrap().dead_letters, 1);
+}
