@@ -142,6 +142,13 @@ async fn stop_signal() {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Store> {
+    // Opening creates a store; inspecting a path with none would leave an empty one behind.
+    if !config.store.path.exists() {
+        anyhow::bail!(
+            "no store at {} (has `vigil run` used this configuration yet?)",
+            config.store.path.display()
+        );
+    }
     Store::open(&config.store).map_err(|e| {
         let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
             " (is vigil running? `inspect` reads the store of a stopped agent)"

@@ -63,6 +63,20 @@ fn check_config_reports_every_error_with_file_and_line() {
 }
 
 #[test]
+fn inspect_without_a_store_says_so_and_creates_nothing() {
+    let setup = Setup::new(&Options::new(1883));
+    let out = vigil_cmd()
+        .args(["inspect", "--config"])
+        .arg(&setup.config)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
+    assert!(!setup.dir.path().join("store").exists());
+}
+
+#[test]
 fn sigterm_flushes_and_exits_zero_and_inspect_reads_the_store() {
     let broker = Broker::start();
     let setup = Setup::new(&Options::new(broker.port));
