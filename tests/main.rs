@@ -8,4 +8,5 @@ mod cli;
 mod crash;
 mod formats;
 mod fuzz;
+mod reconnect;
 mod tls;

@@ -75,7 +75,40 @@ fn now_ms() -> EpochMs {
 enum Link {
     Starting,
     Up,
-    Down(String),
+    /// Since when, and what kind of failure (a new kind is a new state).
+    Down(Instant, Failure),
+}
+
+/// Kinds of connection failure, each with its own advice to the operator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    Credentials,
+    Tls,
+    Network,
+}
+
+impl Failure {
+    fn of(e: &rumqttc::ConnectionError) -> Failure {
+        use rumqttc::ConnectionError::{ConnectionRefused, Tls};
+        let msg = e.to_string();
+        if matches!(
+            e,
+            ConnectionRefused(
+                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+            )
+        ) {
+            Failure::Credentials
+        } else if matches!(e, Tls(_))
+            || msg.contains("certificate")
+            || msg.contains("Certificate")
+            || msg.contains("fatal alert")
+        {
+            // rumqttc reports some handshake failures as I/O errors; the text tells.
+            Failure::Tls
+        } else {
+            Failure::Network
+        }
+    }
 }
 
 pub struct Task {
@@ -116,13 +149,18 @@ pub async fn run(task: Task) {
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if link != Link::Starting {
-                    metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                match link {
+                    Link::Down(since, _) => {
+                        metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+                        info!(broker = %addr, session_present = ack.session_present, outage_s = since.elapsed().as_secs_f64(), "connected to the local broker");
+                    }
+                    _ => {
+                        info!(broker = %addr, session_present = ack.session_present, "connected to the local broker")
+                    }
                 }
                 link = Link::Up;
                 metrics.connected.store(true, Ordering::Relaxed);
                 backoff.reset();
-                info!(broker = %addr, session_present = ack.session_present, "connected to the local broker");
                 // Subscribe even when the session was resumed: the configured
                 // subscriptions may have changed since it was created. (Retained
                 // messages are then sent again; detection drops exact duplicates.)
@@ -177,25 +215,29 @@ pub async fn run(task: Task) {
             Err(e) => {
                 metrics.connected.store(false, Ordering::Relaxed);
                 metrics.subscribed.store(false, Ordering::Relaxed);
-                let msg = e.to_string();
-                let down = Link::Down(msg.clone());
-                if link != down {
-                    if matches!(
-                        e,
-                        rumqttc::ConnectionError::ConnectionRefused(
-                            ConnectReturnCode::BadUserNamePassword
-                                | ConnectReturnCode::NotAuthorized
-                        )
-                    ) {
-                        error!(broker = %addr, error = %msg, "the local broker refused vigil's credentials; retrying");
-                    } else if is_tls_failure(&e, &msg) {
-                        error!(broker = %addr, error = %msg, "TLS with the local broker failed; check broker.tls (CA file, client certificate and key); retrying");
-                    } else {
-                        warn!(broker = %addr, error = %msg, "local broker unreachable; retrying with backoff");
+                let failure = Failure::of(&e);
+                match link {
+                    Link::Down(_, f) if f == failure => {
+                        debug!(broker = %addr, error = %e, "still cannot reach the local broker")
                     }
-                    link = down;
-                } else {
-                    debug!(broker = %addr, error = %msg, "still cannot reach the local broker");
+                    _ => {
+                        match failure {
+                            Failure::Credentials => {
+                                error!(broker = %addr, error = %e, "the local broker refused vigil's credentials; check broker.username and the password; retrying")
+                            }
+                            Failure::Tls => {
+                                error!(broker = %addr, error = %e, "TLS with the local broker failed; check broker.tls (CA file, client certificate and key); retrying")
+                            }
+                            Failure::Network => {
+                                warn!(broker = %addr, error = %e, "local broker unreachable; retrying with backoff")
+                            }
+                        }
+                        let since = match link {
+                            Link::Down(since, _) => since,
+                            _ => Instant::now(),
+                        };
+                        link = Link::Down(since, failure);
+                    }
                 }
                 let delay = backoff.next_delay();
                 tokio::select! {
@@ -234,14 +276,6 @@ pub async fn run(task: Task) {
     }
     metrics.connected.store(false, Ordering::Relaxed);
     info!(broker = %addr, "disconnected from the local broker");
-}
-
-/// Certificate problems need an operator, not patience: log them as errors.
-fn is_tls_failure(e: &rumqttc::ConnectionError, msg: &str) -> bool {
-    matches!(e, rumqttc::ConnectionError::Tls(_))
-        || msg.contains("certificate")
-        || msg.contains("Certificate")
-        || msg.contains("fatal alert")
 }
 
 fn warn_rejected(limiter: &mut RateLimit<Reason>, reason: Reason, topic: &str, detail: &str) {

@@ -59,8 +59,12 @@ impl Broker {
     }
 
     pub fn start_with(tls: Option<BrokerTls>) -> Broker {
+        Self::start_on(free_port(), tls)
+    }
+
+    /// Start on a given port (to bring a broker back where vigil expects it).
+    pub fn start_on(port: u16, tls: Option<BrokerTls>) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         // Unlimited queue for offline persistent sessions (the default 1000
         // would drop messages while vigil is killed), and a wide in-flight window.
         let mut conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n");
