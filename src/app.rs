@@ -9,11 +9,14 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::ingest::{self, IngestMetrics, WriterConfig, INBOUND_CAPACITY};
+use crate::ingest::{
+    self, IngestMetrics, MemoryBudget, WriterConfig, INBOUND_CAPACITY, MEMORY_BUDGET_BYTES,
+};
 use crate::store::{Store, StoreError};
 
-/// How long stages get to finish after a shutdown request.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long stages get to finish after a shutdown request. With the final
+/// flush (at most 1 s) and the runtime's own grace (0.5 s) vigil exits within 5 s.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(3500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -28,6 +31,7 @@ pub enum AppError {
 /// A running agent: its store, its live metrics, and the handle to stop it.
 pub struct Running {
     store: Store,
+    store_path: String,
     metrics: Arc<IngestMetrics>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -63,10 +67,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         flush_interval: config.store.flush_interval,
         flush_max_readings: config.store.flush_max_readings,
     };
-    // Unacked QoS 1 messages held at once: the batch being committed, the one
-    // filling behind it (at most twice the limit after a failed commit), and the channel.
-    let max_unacked = 3 * config.store.flush_max_readings + INBOUND_CAPACITY;
-    let (client, eventloop) = ingest::connect(&config.broker, max_unacked)?;
+    let (client, eventloop) = ingest::connect(&config.broker)?;
+    let memory = MemoryBudget::new(MEMORY_BUDGET_BYTES);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (writer_done_tx, writer_done_rx) = oneshot::channel();
 
@@ -76,6 +78,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         broker: config.broker.clone(),
         subscriptions: config.subscriptions.clone().into(),
         inbound_tx,
+        memory: memory.clone(),
         shutdown: shutdown_rx.clone(),
         writer_done: writer_done_rx,
         metrics: metrics.clone(),
@@ -84,6 +87,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         store: store.clone(),
         acker: client,
         inbound_rx,
+        memory,
         config: writer_config,
         shutdown: shutdown_rx,
         done_tx: writer_done_tx,
@@ -92,6 +96,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
 
     Ok(Running {
         store,
+        store_path: config.store.path.display().to_string(),
         metrics,
         shutdown_tx,
         tasks,
@@ -123,13 +128,16 @@ impl Running {
                 self.tasks.abort_all();
             }
         }
+        // Every commit already flushed; this is for anything sled still buffers.
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush())
-            .await?
-            .map_err(|source| AppError::Store {
-                path: String::from("(open store)"),
+        let flush = tokio::task::spawn_blocking(move || store.flush());
+        match tokio::time::timeout(Duration::from_secs(1), flush).await {
+            Ok(joined) => joined?.map_err(|source| AppError::Store {
+                path: self.store_path.clone(),
                 source,
-            })?;
+            })?,
+            Err(_) => warn!("the final store flush did not finish in time"),
+        }
         Ok(())
     }
 }

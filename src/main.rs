@@ -117,10 +117,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), gateway = %config.gateway_id, "vigil starting");
         vigil::app::run(&config, stop_signal()).await
-    })?;
+    });
+    // A blocking store call still running (a commit the stages gave up on)
+    // must not hold the exit; what it had not flushed was not acknowledged.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result?;
     tracing::info!("vigil stopped");
     Ok(())
 }

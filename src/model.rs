@@ -44,13 +44,14 @@ pub struct Waveform {
 }
 
 impl Reading {
-    /// Rough encoded size, used to bound batches in memory.
+    /// Bytes this reading occupies in memory (struct plus heap), used to bound
+    /// what ingest holds.
     pub fn approx_bytes(&self) -> usize {
-        let body = match &self.value {
-            Value::Scalar(_) => 9,
-            Value::Waveform(w) => 16 + 5 * w.samples.len(),
+        let samples = match &self.value {
+            Value::Scalar(_) => 0,
+            Value::Waveform(w) => w.samples.capacity() * std::mem::size_of::<f32>(),
         };
-        self.device.len() + self.metric.len() + 24 + body
+        std::mem::size_of::<Reading>() + self.device.capacity() + self.metric.capacity() + samples
     }
 }
 
@@ -59,7 +60,7 @@ impl Reading {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub topic: String,
-    /// The raw payload, cut to `payload_len` limits when it was oversized.
+    /// The raw payload (only its first 64 KiB when it was oversized).
     #[serde(with = "serde_bytes_compat")]
     pub payload: Vec<u8>,
     /// Size of the payload as received (may exceed `payload.len()`).

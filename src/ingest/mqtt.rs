@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::ratelimit::RateLimit;
 use super::route::{route, Outcome};
-use super::{Inbound, IngestMetrics, INBOUND_CAPACITY};
+use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
 use crate::backoff::Backoff;
 use crate::config::{BrokerConfig, Subscription};
 use crate::model::{EpochMs, Reason};
@@ -29,26 +29,27 @@ pub enum MqttError {
     Tls(String),
 }
 
+/// Largest packet MQTT can express (variable byte integer, four bytes).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+/// Acks and subscriptions waiting for the event loop. The writer never waits
+/// for room here (it keeps acks that do not fit and retries).
+const REQUEST_CAPACITY: usize = 4096;
+/// A connection that lasted this long resets the reconnect backoff; a link
+/// that drops right after connecting keeps backing off instead of flapping.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+
 /// Build the client and event loop for the local broker.
-///
-/// `max_unacked` bounds how many acks can be queued at once; the request
-/// channel is sized above it so that the writer never waits on a full channel
-/// while the event loop waits on the writer.
-pub fn connect(
-    broker: &BrokerConfig,
-    max_unacked: usize,
-) -> Result<(AsyncClient, EventLoop), MqttError> {
+pub fn connect(broker: &BrokerConfig) -> Result<(AsyncClient, EventLoop), MqttError> {
     let mut opts = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
     opts.set_keep_alive(broker.keepalive)
         // Persistent session: the broker queues QoS 1 messages while vigil is down.
         .set_clean_session(false)
         .set_manual_acks(true)
-        // Leave room above our own limit so an oversized payload is dead-lettered
-        // by us instead of breaking the connection (and being redelivered forever).
-        .set_max_packet_size(
-            broker.max_payload_bytes.saturating_mul(4).max(1 << 20),
-            1 << 20,
-        );
+        // Accept any packet MQTT allows: a payload over our own limit must reach
+        // `route` to be dead-lettered. Refusing it here would break the
+        // connection and the broker would redeliver it forever. (The broker's
+        // `message_size_limit` is what bounds the memory one packet can take.)
+        .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20);
     if let Some(c) = &broker.credentials {
         opts.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
     }
@@ -58,9 +59,8 @@ pub fn connect(
             rumqttc::TlsConfiguration::Rustls(config),
         ));
     }
-    let cap = max_unacked + INBOUND_CAPACITY + 64;
-    opts.set_request_channel_capacity(cap);
-    Ok(AsyncClient::new(opts, cap))
+    opts.set_request_channel_capacity(REQUEST_CAPACITY);
+    Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
 }
 
 fn now_ms() -> EpochMs {
@@ -74,7 +74,8 @@ fn now_ms() -> EpochMs {
 #[derive(PartialEq)]
 enum Link {
     Starting,
-    Up,
+    /// Since when.
+    Up(Instant),
     /// Since when, and what kind of failure (a new kind is a new state).
     Down(Instant, Failure),
 }
@@ -117,6 +118,7 @@ pub struct Task {
     pub broker: BrokerConfig,
     pub subscriptions: Arc<[Subscription]>,
     pub inbound_tx: mpsc::Sender<Inbound>,
+    pub memory: MemoryBudget,
     pub shutdown: watch::Receiver<bool>,
     /// Fires when the writer has committed and acked its last batch.
     pub writer_done: oneshot::Receiver<()>,
@@ -131,6 +133,7 @@ pub async fn run(task: Task) {
         broker,
         subscriptions,
         inbound_tx,
+        memory: budget,
         mut shutdown,
         writer_done,
         metrics,
@@ -158,12 +161,12 @@ pub async fn run(task: Task) {
                         info!(broker = %addr, session_present = ack.session_present, "connected to the local broker")
                     }
                 }
-                link = Link::Up;
+                link = Link::Up(Instant::now());
+                metrics.connection.fetch_add(1, Ordering::Relaxed);
                 metrics.connected.store(true, Ordering::Relaxed);
-                backoff.reset();
                 // Subscribe even when the session was resumed: the configured
                 // subscriptions may have changed since it was created. (Retained
-                // messages are then sent again; detection drops exact duplicates.)
+                // messages are then sent again and stored twice.)
                 let topics = subscriptions.iter().map(|s| {
                     let qos = if s.qos == 0 {
                         QoS::AtMostOnce
@@ -201,11 +204,26 @@ pub async fn run(task: Task) {
                     metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     warn_rejected(&mut warnings, dl.reason, &dl.topic, &dl.detail);
                 }
+                let bytes = match &outcome {
+                    Outcome::Readings(rs) => rs.iter().map(|r| r.approx_bytes()).sum(),
+                    Outcome::Rejected(dl) => dl.payload.len() + dl.detail.len() + dl.topic.len(),
+                };
+                let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken {
+                    connection: metrics.connection.load(Ordering::Relaxed),
+                    pkid: p.pkid,
+                });
+                drop(p);
+                // Waiting here is the backpressure: no more reads from the socket.
+                let memory = tokio::select! {
+                    permit = budget.acquire(bytes, MEMORY_BUDGET_BYTES) => permit,
+                    _ = shutdown.changed() => break 'run,
+                };
+                metrics.set_held(&budget);
                 let inbound = Inbound {
                     outcome,
-                    ack: (p.qos != QoS::AtMostOnce).then_some(p.pkid),
+                    ack,
+                    memory,
                 };
-                // Waiting here is the backpressure: no more reads from the socket.
                 tokio::select! {
                     sent = inbound_tx.send(inbound) => if sent.is_err() { break 'run },
                     _ = shutdown.changed() => break 'run,
@@ -215,6 +233,9 @@ pub async fn run(task: Task) {
             Err(e) => {
                 metrics.connected.store(false, Ordering::Relaxed);
                 metrics.subscribed.store(false, Ordering::Relaxed);
+                if matches!(link, Link::Up(since) if since.elapsed() >= STABLE_LINK) {
+                    backoff.reset();
+                }
                 let failure = Failure::of(&e);
                 match link {
                     Link::Down(_, f) if f == failure => {
@@ -253,7 +274,7 @@ pub async fn run(task: Task) {
     drop(inbound_tx);
     let drain = async {
         let mut writer_done = writer_done;
-        if link == Link::Up {
+        if matches!(link, Link::Up(_)) {
             loop {
                 tokio::select! {
                     _ = &mut writer_done => break,

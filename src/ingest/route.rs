@@ -59,24 +59,28 @@ fn try_route(
             ),
         ));
     }
-    let sub = subscriptions
+    // The first subscription whose filter matches and whose template fits.
+    let mut matching = subscriptions
         .iter()
-        .find(|s| crate::config::filter_matches(&s.filter, topic))
+        .filter(|s| crate::config::filter_matches(&s.filter, topic))
+        .peekable();
+    let first = *matching.peek().ok_or_else(|| {
+        Rejection::new(
+            Reason::TopicMismatch,
+            format!("topic {topic:?} matches no subscription"),
+        )
+    })?;
+    let (sub, ids) = matching
+        .find_map(|s| s.template.extract(topic).map(|ids| (s, ids)))
         .ok_or_else(|| {
             Rejection::new(
                 Reason::TopicMismatch,
-                format!("topic {topic:?} matches no subscription"),
+                format!(
+                    "topic {topic:?} does not fit the template {:?}",
+                    first.template.to_string()
+                ),
             )
         })?;
-    let ids = sub.template.extract(topic).ok_or_else(|| {
-        Rejection::new(
-            Reason::TopicMismatch,
-            format!(
-                "topic {topic:?} does not fit the template {:?}",
-                sub.template.to_string()
-            ),
-        )
-    })?;
     decode(sub.format, ids, payload, received_ms)
 }
 
@@ -119,6 +123,24 @@ mod tests {
         assert_eq!(dl.topic, "plant/l1/pump-1");
         assert_eq!(dl.payload, b"1");
         assert_eq!(rejected("other/x", b"1").reason, Reason::TopicMismatch);
+    }
+
+    #[test]
+    fn a_later_subscription_takes_a_topic_the_first_template_does_not_fit() {
+        let mut subs = subs();
+        subs.push(Subscription {
+            filter: "plant/+/+".into(),
+            template: TopicTemplate::parse("plant/{device}/{metric}").unwrap(),
+            qos: 1,
+            format: PayloadFormat::Auto,
+        });
+        let Outcome::Readings(rs) = route(&subs, 100, "plant/fan-2/rpm", b"1", 7) else {
+            panic!("not routed to the second subscription")
+        };
+        assert_eq!(
+            (rs[0].device.as_str(), rs[0].metric.as_str()),
+            ("fan-2", "rpm")
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use sled::Transactional;
 use crate::config::StoreConfig;
 use crate::model::{DeadLetter, Reading, Reason};
 
-pub use codec::{decode_block, encode_block};
+use codec::{decode_block, encode_block};
 
 /// Most readings in one block of the log.
 const BLOCK_MAX_READINGS: usize = 1024;
@@ -190,12 +190,12 @@ fn rebuild_meta(readings: &sled::Tree, dead: &sled::Tree) -> Result<Meta, StoreE
             key: first,
             detail,
         })?;
-        meta.next_seq = meta.next_seq.max(first + count);
+        meta.next_seq = meta.next_seq.max(first.saturating_add(count));
         meta.readings_bytes += (k.len() + v.len()) as u64;
     }
     for entry in dead.iter() {
         let (k, v) = entry?;
-        meta.next_dead = meta.next_dead.max(seq_of(&k) + 1);
+        meta.next_dead = meta.next_dead.max(seq_of(&k).saturating_add(1));
         meta.dead_bytes += (k.len() + v.len()) as u64;
         meta.dead_count += 1;
     }
@@ -229,7 +229,13 @@ impl Store {
         let dead = db.open_tree("dead_letters")?;
         let meta_tree = db.open_tree("meta")?;
         let meta = match meta_tree.get(META_KEY)? {
-            Some(v) => from_cbor("metadata", 0, &v)?,
+            Some(v) => match from_cbor("metadata", 0, &v) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store metadata unreadable; recounting from the data (counters restart at zero)");
+                    rebuild_meta(&readings, &dead)?
+                }
+            },
             None => rebuild_meta(&readings, &dead)?,
         };
         Ok(Store {
@@ -353,8 +359,11 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         finish(result)?;
-        self.inner.db.flush()?;
+        // The transaction is applied (readers see it) even if the flush below
+        // fails, so the accounting must follow it now. A retried batch then
+        // gets new sequence numbers: stored twice, never counted wrong.
         *meta = next;
+        self.inner.db.flush()?;
         Ok(Commit::Stored {
             first_seq,
             count: batch.readings.len() as u64,
@@ -375,10 +384,12 @@ impl Store {
                 key: first,
                 detail,
             })?;
-            if first + count > seq {
+            if first.saturating_add(count) > seq {
                 break;
             }
-            next.readings_bytes -= (k.len() + v.len()) as u64;
+            next.readings_bytes = next
+                .readings_bytes
+                .saturating_sub((k.len() + v.len()) as u64);
             next.counters.readings_trimmed += count;
             removals.push(k);
         }
@@ -395,9 +406,9 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         finish(result)?;
-        self.inner.db.flush()?;
         let removed = next.counters.readings_trimmed - meta.counters.readings_trimmed;
         *meta = next;
+        self.inner.db.flush()?;
         Ok(removed)
     }
 
@@ -462,7 +473,9 @@ impl Store {
         let meta = self.meta().clone();
         let first_seq = self.first_seq()?;
         Ok(Stats {
-            readings: first_seq.map(|f| meta.next_seq - f).unwrap_or(0),
+            readings: first_seq
+                .map(|f| meta.next_seq.saturating_sub(f))
+                .unwrap_or(0),
             first_seq,
             next_seq: meta.next_seq,
             readings_bytes: meta.readings_bytes,
