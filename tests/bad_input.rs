@@ -62,6 +62,11 @@ async fn bad_payloads_go_to_dead_letters_with_reasons() {
             Msg::new("plant/l1/pump-1/temperature", vec![b'1'; 1001]),
             Reason::TooLarge,
         ),
+        // Far over the limit: still dead-lettered, not a broken connection.
+        (
+            Msg::new("plant/l1/pump-1/temperature", vec![b'1'; 3 << 20]),
+            Reason::TooLarge,
+        ),
         (Msg::new("plant/l1/pump-1", "1"), Reason::TopicMismatch),
         (
             Msg::new("bulk/temperature", r#"{"device": "pump+1", "value": 1}"#),
