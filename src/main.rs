@@ -54,7 +54,7 @@ enum Inspect {
     Readings,
     /// The newest dead letters, with their reasons.
     DeadLetters,
-    /// Counts, sequence numbers, oldest and newest event times, bytes and counters.
+    /// Counts, sequence numbers, event times of the first and last reading stored, bytes and counters.
     Stats,
 }
 
@@ -221,12 +221,13 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
         }
         Inspect::Stats => {
             let stats = store.stats()?;
-            let oldest = stats
+            // By sequence (arrival order), which is not always event-time order.
+            let first = stats
                 .first_seq
                 .map(|s| store.readings_from(s, 1))
                 .transpose()?
                 .and_then(|v| v.into_iter().next());
-            let newest = store.last_readings(1)?.into_iter().next();
+            let last = store.last_readings(1)?.into_iter().next();
             let rejected: serde_json::Map<String, serde_json::Value> = stats
                 .counters
                 .rejected
@@ -237,8 +238,8 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "readings": stats.readings,
                 "first_seq": stats.first_seq,
                 "next_seq": stats.next_seq,
-                "oldest_event_time": oldest.map(|(_, r)| rfc3339(r.time_ms)),
-                "newest_event_time": newest.map(|(_, r)| rfc3339(r.time_ms)),
+                "first_reading_time": first.map(|(_, r)| rfc3339(r.time_ms)),
+                "last_reading_time": last.map(|(_, r)| rfc3339(r.time_ms)),
                 "readings_bytes": stats.readings_bytes,
                 "dead_letters": stats.dead_letters,
                 "dead_letter_bytes": stats.dead_letter_bytes,

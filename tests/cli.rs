@@ -126,5 +126,5 @@ fn sigterm_flushes_and_exits_zero_and_inspect_reads_the_store() {
     assert_eq!(stats["readings"], 1);
     assert_eq!(stats["dead_letters"], 1);
     assert_eq!(stats["messages_total"], 2);
-    assert_eq!(stats["oldest_event_time"], "2026-11-21T10:00:00Z");
+    assert_eq!(stats["first_reading_time"], "2026-11-21T10:00:00Z");
 }

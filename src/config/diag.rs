@@ -68,10 +68,6 @@ impl Source {
         }
     }
 
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// 1-based line of a byte offset.
     pub fn line_of(&self, offset: usize) -> usize {
         match self.line_starts.binary_search(&offset) {
@@ -310,7 +306,7 @@ fn prune(value: &mut DeValue<'_>, path: &[Elem]) {
 
 fn de_error(src: &Source, path: &str, e: &toml::de::Error, fallback: usize) -> ConfigError {
     let at = e.span().map(|s| s.start).unwrap_or(fallback);
-    let msg = e.message().trim().replace('\n', " ");
+    let msg = plain_words(e.message().trim());
     let msg = if path.is_empty() {
         msg
     } else {
@@ -319,10 +315,49 @@ fn de_error(src: &Source, path: &str, e: &toml::de::Error, fallback: usize) -> C
     src.error(Some(src.line_of(at)), msg)
 }
 
+/// Serde speaks of Rust types; say what to write in the file instead.
+fn plain_words(msg: &str) -> String {
+    let mut out = msg.replace('\n', " ");
+    for (rust, toml) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected a string", "expected a quoted string"),
+        ("expected a map", "expected a table"),
+        ("expected a sequence", "expected an array"),
+    ] {
+        out = out.replace(rust, toml);
+    }
+    // "expected struct RawBroker" and the like.
+    while let Some(i) = out.find("struct Raw") {
+        let end = out[i..]
+            .find(|c: char| !c.is_alphanumeric() && c != ' ')
+            .map_or(out.len(), |j| i + j);
+        out.replace_range(i..end, "a table");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn serde_words_become_toml_words() {
+        assert_eq!(
+            plain_words("invalid type: string \"x\", expected u8"),
+            "invalid type: string \"x\", expected a whole number from 0 to 255"
+        );
+        assert_eq!(
+            plain_words("invalid type: integer `5`, expected struct RawSubscription"),
+            "invalid type: integer `5`, expected a table"
+        );
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

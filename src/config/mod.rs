@@ -198,8 +198,11 @@ pub fn from_str(path: &Path, text: String, errors: &mut Vec<ConfigError>) -> Opt
     let mut i = parse_end;
     while i < errors.len() {
         let e = &errors[i];
-        if parsed.iter().any(|(f, l, p)| {
-            *f == e.file && (*l == e.line || e.message.starts_with(&format!("{p}:")))
+        // Same file and the same key path (or a key inside it).
+        if parsed.iter().any(|(f, _, p)| {
+            *f == e.file
+                && (e.message.starts_with(&format!("{p}:"))
+                    || e.message.starts_with(&format!("{p}.")))
         }) {
             errors.remove(i);
         } else {
@@ -274,8 +277,14 @@ fn validate(
 
     let store = validate_store(src, base, raw.store, errors);
 
+    // Device files are optional: a missing default directory means none; a
+    // directory named in the file must exist.
     let devices_dir = resolve(base, raw.devices_dir.as_deref().unwrap_or("devices"));
-    let devices = devices::load_dir(&devices_dir, src, errors);
+    let devices = if raw.devices_dir.is_none() && !devices_dir.exists() {
+        Some(DeviceRegistry::default())
+    } else {
+        devices::load_dir(&devices_dir, src, errors)
+    };
 
     if errors.len() > start {
         return None;
@@ -343,10 +352,11 @@ fn validate_broker(
         (Some(username), password, None) => Some(Credentials { username, password }),
         (Some(username), None, Some(file)) => {
             let file = resolve(base, &file);
+            let first_line = |p: &str| p.lines().next().unwrap_or_default().to_string();
             match std::fs::read_to_string(&file) {
-                Ok(p) if !p.trim_end_matches(['\r', '\n']).is_empty() => Some(Credentials {
+                Ok(p) if !first_line(&p).is_empty() => Some(Credentials {
                     username,
-                    password: Some(p.trim_end_matches(['\r', '\n']).to_string()),
+                    password: Some(first_line(&p)),
                 }),
                 Ok(_) => {
                     errors.push(src.at(
@@ -385,7 +395,13 @@ fn validate_broker(
     let reconnect_min_ms = raw.reconnect_min_ms.unwrap_or(500);
     let reconnect_max_ms = raw.reconnect_max_ms.unwrap_or(30_000);
     if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
-        errors.push(src.at("broker.reconnect_min_ms", format!(
+        // Blame the key the user wrote (the other may be a default).
+        let key = if raw.reconnect_max_ms.is_some() && raw.reconnect_min_ms.is_none() {
+            "broker.reconnect_max_ms"
+        } else {
+            "broker.reconnect_min_ms"
+        };
+        errors.push(src.at(key, format!(
             "expected 0 < reconnect_min_ms ({reconnect_min_ms}) <= reconnect_max_ms ({reconnect_max_ms})"
         )));
     }
@@ -420,7 +436,7 @@ fn validate_tls(
                 &format!("{key}.ca_file"),
                 "missing; expected the PEM file of the CA that signed the broker's certificate",
             ));
-            return None;
+            PathBuf::new()
         }
     };
     let client = match (raw.cert_file, raw.key_file) {
@@ -562,10 +578,15 @@ fn validate_store(
     if dead_letter_max == 0 {
         errors.push(src.at("store.dead_letter_max", "expected at least 1"));
     }
-    let dead_letter_max_bytes = raw.dead_letter_max_bytes.unwrap_or(16 << 20);
-    if dead_letter_max_bytes < 1024 || dead_letter_max_bytes >= budget_bytes {
+    // Default: 16 MiB, or a quarter of a smaller budget.
+    let dead_letter_max_bytes = raw
+        .dead_letter_max_bytes
+        .unwrap_or((16 << 20).min(budget_bytes / 4));
+    if raw.dead_letter_max_bytes.is_some()
+        && (dead_letter_max_bytes < 1024 || dead_letter_max_bytes >= budget_bytes)
+    {
         errors.push(src.at("store.dead_letter_max_bytes", format!(
-            "{dead_letter_max_bytes} is out of range; expected at least 1024 and less than budget_bytes ({budget_bytes})"
+            "{dead_letter_max_bytes} is out of range; expected at least 1024 and less than store.budget_bytes ({budget_bytes})"
         )));
     }
     if errors.len() > start {

@@ -235,15 +235,19 @@ fn device_file_name_is_the_default_pattern() {
 }
 
 #[test]
-fn missing_devices_dir_is_an_error() {
+fn devices_dir_is_optional_unless_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vigil.toml");
+    // The default `devices` directory may be absent: no device files.
     fs::write(&path, GOOD).unwrap();
+    assert!(load(&path).unwrap().devices.classes().is_empty());
+    // A directory named in the file must exist.
+    fs::write(&path, format!("devices_dir = \"nowhere\"\n{GOOD}")).unwrap();
     let errors = load(&path).unwrap_err().0;
     assert!(
         errors
             .iter()
-            .any(|e| e.message.contains("devices directory")),
+            .any(|e| e.line == Some(1) && e.message.contains("devices directory")),
         "{errors:?}"
     );
 }

@@ -83,20 +83,6 @@ impl TopicTemplate {
             .join("/")
     }
 
-    pub fn names_device(&self) -> bool {
-        self.captures("device")
-    }
-
-    pub fn names_metric(&self) -> bool {
-        self.captures("metric")
-    }
-
-    fn captures(&self, name: &str) -> bool {
-        self.levels
-            .iter()
-            .any(|l| matches!(l, Level::Capture(n) if n == name))
-    }
-
     /// Match a concrete topic; `None` when it does not fit.
     pub fn extract<'a>(&self, topic: &'a str) -> Option<TopicIds<'a>> {
         let mut ids = TopicIds::default();
@@ -210,7 +196,6 @@ mod tests {
     fn template_with_rest_and_other_captures() {
         let t = TopicTemplate::parse("site/{line}/{device}/#").unwrap();
         assert_eq!(t.filter(), "site/+/+/#");
-        assert!(!t.names_metric());
         let ids = t.extract("site/l1/fan-1/a/b").unwrap();
         assert_eq!(ids.device, Some("fan-1"));
         assert_eq!(ids.metric, None);
