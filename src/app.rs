@@ -39,17 +39,16 @@ pub struct Running {
 
 /// Open the store and start every stage.
 pub async fn start(config: &Config) -> Result<Running, AppError> {
+    let store_path = config.store.path.display().to_string();
+    let store_err = |source| AppError::Store {
+        path: store_path.clone(),
+        source,
+    };
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
         .await?
-        .map_err(|source| AppError::Store {
-            path: config.store.path.display().to_string(),
-            source,
-        })?;
-    let stats = store.stats().map_err(|source| AppError::Store {
-        path: config.store.path.display().to_string(),
-        source,
-    })?;
+        .map_err(store_err)?;
+    let stats = store.stats().map_err(store_err)?;
     info!(
         path = %config.store.path.display(),
         readings = stats.readings,
@@ -96,7 +95,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
 
     Ok(Running {
         store,
-        store_path: config.store.path.display().to_string(),
+        store_path,
         metrics,
         shutdown_tx,
         tasks,

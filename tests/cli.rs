@@ -65,12 +65,7 @@ fn check_config_reports_every_error_with_file_and_line() {
 #[test]
 fn inspect_without_a_store_says_so_and_creates_nothing() {
     let setup = Setup::new(&Options::new(1883));
-    let out = vigil_cmd()
-        .args(["inspect", "--config"])
-        .arg(&setup.config)
-        .arg("stats")
-        .output()
-        .unwrap();
+    let out = setup.inspect_output("stats", 1);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
     assert!(!setup.dir.path().join("store").exists());
@@ -83,12 +78,7 @@ fn sigterm_flushes_and_exits_zero_and_inspect_reads_the_store() {
     let vigil = VigilProcess::start(&setup);
     vigil.wait_for_log("subscribed", 1);
     // Inspect refuses to open the store of a running agent, with a hint.
-    let out = vigil_cmd()
-        .args(["inspect", "--config"])
-        .arg(&setup.config)
-        .arg("stats")
-        .output()
-        .unwrap();
+    let out = setup.inspect_output("stats", 1);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is vigil running?"),

@@ -177,6 +177,24 @@ fn from_cbor<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Number of readings in the block starting at `first`.
+fn block_len_at(first: u64, bytes: &[u8]) -> Result<u64, StoreError> {
+    codec::block_len(bytes).map_err(|detail| corrupt_block(first, detail))
+}
+
+/// The readings of the block starting at `first`.
+fn decode_block_at(first: u64, bytes: &[u8]) -> Result<Vec<Reading>, StoreError> {
+    decode_block(bytes).map_err(|detail| corrupt_block(first, detail))
+}
+
+fn corrupt_block(first: u64, detail: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "readings block",
+        key: first,
+        detail,
+    }
+}
+
 /// Metadata for trees that have data but no metadata record (written by a
 /// tool, or restored from a copy): sequence numbers and byte counts are
 /// recounted so that nothing is overwritten. Counters start from zero.
@@ -185,11 +203,7 @@ fn rebuild_meta(readings: &sled::Tree, dead: &sled::Tree) -> Result<Meta, StoreE
     for entry in readings.iter() {
         let (k, v) = entry?;
         let first = seq_of(&k);
-        let count = codec::block_len(&v).map_err(|detail| StoreError::Corrupt {
-            what: "readings block",
-            key: first,
-            detail,
-        })?;
+        let count = block_len_at(first, &v)?;
         meta.next_seq = meta.next_seq.max(first.saturating_add(count));
         meta.readings_bytes += (k.len() + v.len()) as u64;
     }
@@ -379,11 +393,7 @@ impl Store {
         for entry in self.inner.readings.range(..key(seq)) {
             let (k, v) = entry?;
             let first = seq_of(&k);
-            let count = codec::block_len(&v).map_err(|detail| StoreError::Corrupt {
-                what: "readings block",
-                key: first,
-                detail,
-            })?;
+            let count = block_len_at(first, &v)?;
             if first.saturating_add(count) > seq {
                 break;
             }
@@ -430,11 +440,7 @@ impl Store {
             }
             let (k, v) = entry?;
             let first = seq_of(&k);
-            let block = decode_block(&v).map_err(|detail| StoreError::Corrupt {
-                what: "readings block",
-                key: first,
-                detail,
-            })?;
+            let block = decode_block_at(first, &v)?;
             for (i, r) in block.into_iter().enumerate() {
                 let seq = first + i as u64;
                 if seq >= from && out.len() < limit {

@@ -209,15 +209,20 @@ dead_letter_max_bytes = {dl_bytes}
         self.dir.path().join("vigil.log")
     }
 
-    /// Run `vigil inspect <what>` and parse its JSON lines.
-    pub fn inspect(&self, what: &str, last: usize) -> Vec<serde_json::Value> {
-        let out = vigil_cmd()
+    /// Run `vigil inspect <what>` as it is, success or not.
+    pub fn inspect_output(&self, what: &str, last: usize) -> std::process::Output {
+        vigil_cmd()
             .args(["inspect", "--config"])
             .arg(&self.config)
             .arg(what)
             .args(["--last", &last.to_string()])
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Run `vigil inspect <what>` and parse its JSON lines.
+    pub fn inspect(&self, what: &str, last: usize) -> Vec<serde_json::Value> {
+        let out = self.inspect_output(what, last);
         assert!(
             out.status.success(),
             "inspect failed: {}",
