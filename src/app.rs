@@ -1,5 +1,5 @@
 //! The one place that creates channels and spawns stages, in flow order:
-//! local broker → ingest (event loop task → writer task) → store.
+//! local broker → ingest (event loop task → writer task) → store → detect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::detect::{self, DetectMetrics};
 use crate::ingest::{
     self, IngestMetrics, MemoryBudget, WriterConfig, INBOUND_CAPACITY, MEMORY_BUDGET_BYTES,
 };
@@ -33,6 +34,7 @@ pub struct Running {
     store: Store,
     store_path: String,
     metrics: Arc<IngestMetrics>,
+    detect_metrics: Arc<DetectMetrics>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -52,7 +54,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     info!(
         path = %config.store.path.display(),
         readings = stats.readings,
-        used_bytes = stats.readings_bytes + stats.dead_letter_bytes,
+        used_bytes = store.used_bytes(),
+        detection_cursor = stats.detection_cursor,
         budget_bytes = stats.budget_bytes,
         "store open"
     );
@@ -70,6 +73,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let memory = MemoryBudget::new(MEMORY_BUDGET_BYTES);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (writer_done_tx, writer_done_rx) = oneshot::channel();
+    let (committed_tx, committed_rx) = watch::channel(stats.next_seq);
 
     tasks.spawn(ingest::run_mqtt(ingest::MqttTask {
         eventloop,
@@ -88,15 +92,27 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         inbound_rx,
         memory,
         config: writer_config,
-        shutdown: shutdown_rx,
+        shutdown: shutdown_rx.clone(),
         done_tx: writer_done_tx,
         metrics: metrics.clone(),
+        committed_tx,
+    }));
+
+    // Detect: tails the readings log (woken by each commit) → outbox.
+    let detect_metrics = Arc::new(DetectMetrics::default());
+    tasks.spawn(detect::run_stage(detect::DetectTask {
+        store: store.clone(),
+        registry: config.devices.clone(),
+        committed_rx,
+        shutdown: shutdown_rx,
+        metrics: detect_metrics.clone(),
     }));
 
     Ok(Running {
         store,
         store_path,
         metrics,
+        detect_metrics,
         shutdown_tx,
         tasks,
     })
@@ -109,6 +125,10 @@ impl Running {
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
         &self.metrics
+    }
+
+    pub fn detect_metrics(&self) -> &Arc<DetectMetrics> {
+        &self.detect_metrics
     }
 
     /// Ask every stage to finish its current batch, then wait for them.

@@ -10,10 +10,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use vigil::config::{self, Config};
-use vigil::model::{EpochMs, Value};
+use vigil::model::{rfc3339, EpochMs, Value};
 use vigil::store::Store;
+use vigil::store::{Lane, OutboxEntry};
 
-/// Edge agent for predictive maintenance: durable MQTT ingest on IoT gateways.
+/// Edge agent for predictive maintenance: durable MQTT ingest, vibration and
+/// temperature anomaly detection on IoT gateways.
 #[derive(Parser)]
 #[command(name = "vigil", version)]
 struct Cli {
@@ -42,9 +44,37 @@ enum Command {
         config: PathBuf,
         /// What to show.
         what: Inspect,
-        /// How many of the newest entries to print (readings and dead letters).
+        /// How many of the newest entries to print.
         #[arg(long, short = 'n', default_value_t = 20)]
         last: usize,
+    },
+    /// Play recorded data through a device file's detectors, offline, and
+    /// report the alerts (and, with --labels, how well they match).
+    Backtest {
+        /// The device file whose settings to use (its `match` pattern is the device name).
+        #[arg(long)]
+        device: PathBuf,
+        /// Which metric table of the device file applies (default: its only one).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Sample rate of waveform inputs (one sample per line), in Hz.
+        #[arg(long)]
+        sample_rate: Option<f64>,
+        /// Length of the waveform blocks cut from the samples, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        block_seconds: f64,
+        /// Labelled anomaly windows (NAB windows.json format), matched by file name.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Write the NAB result file (timestamp,value,anomaly_score) here.
+        #[arg(long)]
+        nab_out: Option<PathBuf>,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Scalar `timestamp,value` CSVs or waveform sample CSVs, played in order as one stream.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
     },
 }
 
@@ -54,6 +84,10 @@ enum Inspect {
     Readings,
     /// The newest dead letters, with their reasons.
     DeadLetters,
+    /// The newest alert transitions in the outbox (raised, escalated, cleared).
+    Alerts,
+    /// The newest per-window aggregates in the outbox.
+    Aggregates,
     /// Counts, sequence numbers, event times of the first and last reading stored, bytes and counters.
     Stats,
 }
@@ -64,6 +98,27 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::CheckConfig { config } => return check_config(config),
         Command::Inspect { config, what, last } => inspect(config, what, last),
+        Command::Backtest {
+            device,
+            metric,
+            sample_rate,
+            block_seconds,
+            labels,
+            nab_out,
+            json,
+            inputs,
+        } => backtest(
+            vigil::backtest::Options {
+                device_file: device,
+                metric,
+                sample_rate_hz: sample_rate,
+                block_seconds,
+                labels,
+                nab_out,
+                inputs,
+            },
+            json,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,16 +221,6 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
     })
 }
 
-fn rfc3339(ms: EpochMs) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
 fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
     let config = load(&path)?;
     let store = open_store(&config)?;
@@ -219,6 +264,42 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 writeln!(out, "{}", serde_json::to_string(&line)?)?;
             }
         }
+        Inspect::Alerts | Inspect::Aggregates => {
+            let lane = match what {
+                Inspect::Alerts => Lane::Alerts,
+                _ => Lane::Aggregates,
+            };
+            for (seq, entry) in store.last_outbox(lane, last)? {
+                let line = match entry {
+                    OutboxEntry::Alert(a) => json!({
+                        "seq": seq,
+                        "id": a.id,
+                        "kind": a.kind.as_str(),
+                        "device": a.device,
+                        "metric": a.metric,
+                        "detector": a.detector,
+                        "feature": a.feature,
+                        "severity": a.severity.as_str(),
+                        "raised_at": rfc3339(a.raised_ms),
+                        "cleared_at": a.cleared_ms.map(rfc3339),
+                        "value": a.value,
+                        "limit": a.limit,
+                        "baseline": a.baseline.map(|(level, spread)| json!({"level": level, "spread": spread})),
+                        "score": a.score,
+                        "message": a.message,
+                    }),
+                    OutboxEntry::Aggregate(g) => json!({
+                        "seq": seq,
+                        "device": g.device,
+                        "metric": g.metric,
+                        "start": rfc3339(g.start_ms),
+                        "end": rfc3339(g.end_ms),
+                        "features": g.features,
+                    }),
+                };
+                writeln!(out, "{line}")?;
+            }
+        }
         Inspect::Stats => {
             let stats = store.stats()?;
             // By sequence (arrival order), which is not always event-time order.
@@ -250,9 +331,25 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "rejected_total": rejected,
                 "dead_letters_dropped_total": stats.counters.dead_letters_dropped,
                 "readings_trimmed_total": stats.counters.readings_trimmed,
+                "detection_cursor": stats.detection_cursor,
+                "outbox_alerts": stats.outbox[0],
+                "outbox_aggregates": stats.outbox[1],
+                "outbox_bytes": stats.outbox_bytes[0] + stats.outbox_bytes[1],
             });
             writeln!(out, "{line}")?;
         }
+    }
+    Ok(())
+}
+
+fn backtest(opts: vigil::backtest::Options, json: bool) -> anyhow::Result<()> {
+    // Warnings about the inputs (time going backwards) go to stderr.
+    init_logging("warn");
+    let report = vigil::backtest::run(&opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        vigil::backtest::run::print_text(&report);
     }
     Ok(())
 }

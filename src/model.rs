@@ -1,10 +1,28 @@
 //! The types passed between stages: a sensor `Reading` (in from ingest, out of
-//! the store to detection) and the `DeadLetter` that records a rejected payload.
+//! the store to detection), the `DeadLetter` that records a rejected payload,
+//! and what detection produces: `AlertEvent`s and per-window `Aggregate`s.
 
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, UTC. Event time and receive time both use it.
 pub type EpochMs = i64;
+
+/// `ms` as RFC 3339 in UTC, with milliseconds only when there are any.
+pub fn rfc3339(ms: EpochMs) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    let formatted = if ms % 1000 == 0 {
+        t.format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+    } else {
+        t.format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+    };
+    formatted.unwrap_or_else(|_| ms.to_string())
+}
 
 /// One observation of one (device, metric) stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +133,94 @@ impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Alert severity, ordered: an alert escalates from warning to alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Alarm,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Alarm => "alarm",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step in an alert's life: raised, escalated (warning to alarm), cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Raised,
+    Escalated,
+    Cleared,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Raised => "raised",
+            AlertKind::Escalated => "escalated",
+            AlertKind::Cleared => "cleared",
+        }
+    }
+}
+
+/// One alert transition, out of detection into the outbox. Every transition
+/// of one alert carries the same `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertEvent {
+    /// Stable across runs over the same readings:
+    /// `device/metric/detector/feature/raised_ms`.
+    pub id: String,
+    pub kind: AlertKind,
+    pub device: String,
+    pub metric: String,
+    /// `limit`, `iso10816`, `rate`, `baseline`, `drift`, `volatility` or `silence`.
+    pub detector: String,
+    pub feature: String,
+    /// Severity after this transition (for `cleared`: the highest it reached).
+    pub severity: Severity,
+    /// Event time the alert was raised: the end of the window that raised it.
+    pub raised_ms: EpochMs,
+    /// Event time it was cleared (only on `cleared`).
+    pub cleared_ms: Option<EpochMs>,
+    /// The window that caused this transition.
+    pub window_start_ms: EpochMs,
+    pub window_end_ms: EpochMs,
+    /// The feature's value in that window.
+    pub value: f64,
+    /// The limit it crossed (static limits, ISO zones, rate limits).
+    pub limit: Option<f64>,
+    /// The learned level and spread it was compared with (learned baseline).
+    pub baseline: Option<(f64, f64)>,
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    /// The explanation in one sentence.
+    pub message: String,
+}
+
+/// The features of one closed window of one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub device: String,
+    pub metric: String,
+    pub start_ms: EpochMs,
+    pub end_ms: EpochMs,
+    /// Feature name → value; features undefined for the window (e.g. the
+    /// standard deviation of one reading) are absent.
+    pub features: std::collections::BTreeMap<String, f64>,
 }
 
 /// Encode `Vec<u8>` as a CBOR byte string rather than an array of integers.

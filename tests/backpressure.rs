@@ -1,22 +1,26 @@
 //! Backpressure: with a tiny disk budget, ingest stops acknowledging and
-//! reading, memory stays bounded while the broker keeps the rest, and
-//! everything is taken once space frees.
+//! reading while the store is full, memory stays bounded while the broker
+//! keeps the rest, and detection frees the readings it has consumed so that
+//! ingest resumes: every reading is stored and detected exactly once.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use vigil::model::Value;
+use vigil::store::{Lane, OutboxEntry};
 
 use crate::support::{publish, start_app, wait_until, Broker, Msg, Options, Setup};
 
 const N: u64 = 3_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_budget_pauses_ingest_and_resumes_when_space_frees() {
+async fn full_budget_pauses_ingest_until_detection_frees_space() {
     let broker = Broker::start();
     let mut options = Options::new(broker.port);
     options.budget_bytes = 8 * 1024;
     options.flush_max_readings = 50;
+    // Windows of 1,000 readings: three small aggregates, so the outbox
+    // leaves the budget to the readings log.
+    options.default_device = "match = \"*\"\n[metrics.\"*\"]\nwindow_readings = 1000\n".into();
     let setup = Setup::new(&options);
     let running = start_app(&setup).await;
     let store = running.store().clone();
@@ -33,23 +37,28 @@ async fn full_budget_pauses_ingest_and_resumes_when_space_frees() {
     // The broker takes all of them (it queues for vigil).
     publish(broker.port, msgs).await;
 
-    let (s, m) = (store.clone(), metrics.clone());
+    let s = store.clone();
     tokio::task::spawn_blocking(move || {
-        wait_until("the store is full", || {
-            m.store_full.load(Ordering::Relaxed) && s.is_full()
+        wait_until("every reading is stored and detected", || {
+            let stats = s.stats().unwrap();
+            stats.counters.readings_stored == N && stats.detection_cursor == stats.next_seq
         })
     })
     .await
     .unwrap();
     let stats = store.stats().unwrap();
     assert!(
-        stats.readings < N,
-        "everything fit: the budget did not apply"
+        metrics.full_pauses.load(Ordering::Relaxed) >= 1,
+        "the budget never filled: the test did not exercise the pause"
     );
-    assert!(stats.readings_bytes + stats.dead_letter_bytes >= stats.budget_bytes);
+    assert!(
+        stats.counters.readings_trimmed > 0,
+        "detection did not free the readings it had consumed"
+    );
 
     // Memory stays bounded: what waits in memory is the inbound queue and a
-    // few batches, far less than the 3,000 readings the broker still holds.
+    // few batches (one committing, one retried, one filling, one queued),
+    // far less than the 3,000 readings the broker still holds.
     let one = vigil::model::Reading {
         device: "pump-1".into(),
         metric: "temperature".into(),
@@ -57,7 +66,7 @@ async fn full_budget_pauses_ingest_and_resumes_when_space_frees() {
         value: Value::Scalar(0.0),
     }
     .approx_bytes() as u64;
-    let bound = (vigil::ingest::INBOUND_CAPACITY as u64 + 3 * 50) * one;
+    let bound = (vigil::ingest::INBOUND_CAPACITY as u64 + 4 * 50) * one;
     let peak = metrics.held_bytes_peak.load(Ordering::Relaxed);
     assert!(peak > 0);
     assert!(
@@ -66,27 +75,16 @@ async fn full_budget_pauses_ingest_and_resumes_when_space_frees() {
     );
     assert!(bound < N * one / 2);
 
-    // Act as the consumer: take what is stored, free the space, repeat.
-    let s = store.clone();
-    let seen = tokio::task::spawn_blocking(move || {
-        let mut seen = BTreeSet::new();
-        let mut cursor = 0;
-        wait_until("every reading has been taken", || {
-            for (seq, r) in s.readings_from(cursor, usize::MAX).unwrap() {
-                if let Value::Scalar(v) = r.value {
-                    seen.insert(v as u64);
-                }
-                cursor = seq + 1;
-            }
-            s.trim_before(cursor).unwrap();
-            seen.len() as u64 == N
-        });
-        seen
-    })
-    .await
-    .unwrap();
-    assert_eq!(seen, (0..N).collect::<BTreeSet<_>>());
-    assert!(!store.is_full());
+    // Each reading went through detection once: the windows count them all.
+    let counted: f64 = store
+        .outbox(Lane::Aggregates, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| match e {
+            OutboxEntry::Aggregate(a) => a.features["count"],
+            OutboxEntry::Alert(a) => panic!("unexpected alert {a:?}"),
+        })
+        .sum();
+    assert_eq!(counted as u64, N);
     running.shutdown().await.unwrap();
-    assert!(store.stats().unwrap().counters.readings_trimmed >= N);
 }

@@ -2,13 +2,21 @@
 //! a glob pattern, what each stream is. Every file whose pattern matches a
 //! device applies, least specific first, so `pump-*.toml` describes the fleet
 //! and `pump-7.toml` overrides only what differs for one pump.
+//!
+//! Metric tables may be globs too (`[metrics."*"]`, `[metrics."temp*"]`); the
+//! detection keys inside them are parsed and checked in `detection_raw.rs`
+//! and merged into `StreamSettings` in `detection_merge.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::diag::{parse_file, ConfigError, Source};
+use super::detection::StreamSettings;
+use super::detection_layer::FileLayer;
+use super::detection_merge::{build, check_all, merge};
+use super::detection_raw::{alerts_layer, metric_layer, RawAlerts, RawMetric};
+use super::diag::{parse_file, ConfigError, ConfigErrors, Source};
 use super::topic::check_name;
 
 #[derive(Debug, Deserialize)]
@@ -20,14 +28,10 @@ struct RawDevice {
     pattern: Option<String>,
     description: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
+    /// Device-wide `raise_after` / `clear_after`.
+    alerts: Option<RawAlerts>,
+    /// Keyed by metric name or glob.
     metrics: Option<BTreeMap<String, RawMetric>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetric {
-    unit: Option<String>,
-    description: Option<String>,
 }
 
 /// One device file, validated.
@@ -37,7 +41,10 @@ pub struct DeviceClass {
     pub pattern: String,
     pub description: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Keyed by the table's name as written (a metric name or a glob).
     pub metrics: BTreeMap<String, MetricProfile>,
+    /// The detection keys of this file, validated on their own.
+    pub(super) detection: FileLayer,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,6 +74,16 @@ impl DeviceRegistry {
         &self.classes
     }
 
+    /// One device file on its own (for `vigil backtest`), checked as
+    /// `check-config` checks a devices directory.
+    pub fn load_file(path: &Path) -> Result<DeviceRegistry, ConfigErrors> {
+        let mut errors = Vec::new();
+        match load_files(vec![path.to_path_buf()], &mut errors) {
+            Some(registry) if errors.is_empty() => Ok(registry),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
     /// Merge every class that matches `device`; later (more specific) wins per key.
     pub fn resolve(&self, device: &str) -> DeviceProfile {
         let mut out = DeviceProfile::default();
@@ -93,10 +110,45 @@ impl DeviceRegistry {
         }
         out
     }
+
+    /// Settings for one stream: every device file whose `match` glob matches
+    /// `device` applies, least specific first; inside each file `[alerts]`
+    /// first, then every `[metrics."<glob>"]` table whose glob matches
+    /// `metric`, least specific first (`*`, then `temp*`, then
+    /// `temperature`); later values override earlier ones key by key. With
+    /// no matching metric table at all, `StreamSettings::default()` (with the
+    /// `[alerts]` hysteresis, if any).
+    ///
+    /// Loading checked every file against the files more general than it;
+    /// two files that overlap without one being more general (`pump-*` and
+    /// `*-7`) can still conflict for a device both match. Then the
+    /// conflicting setting is dropped, and a warning logged.
+    pub fn stream_settings(&self, device: &str, metric: &str) -> StreamSettings {
+        let applying = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| glob_matches(&c.pattern, device))
+            .map(|(i, c)| (i, &c.detection));
+        let (view, matched) = merge(applying, metric);
+        let (settings, problems) = build(&view, matched);
+        for p in problems {
+            let file = self.classes.get(p.at.file).map(|c| c.file.as_path());
+            tracing::warn!(
+                device,
+                metric,
+                file = %file.unwrap_or(Path::new("?")).display(),
+                key = %p.at.key,
+                problem = %p.msg,
+                "device files that overlap conflict for this stream; the conflicting setting is ignored"
+            );
+        }
+        settings
+    }
 }
 
 /// Literal characters in a pattern: more literal means more specific.
-fn specificity(pattern: &str) -> usize {
+pub(super) fn specificity(pattern: &str) -> usize {
     pattern.chars().filter(|c| *c != '*' && *c != '?').count()
 }
 
@@ -149,8 +201,16 @@ pub(super) fn load_dir(
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     files.sort();
+    load_files(files, errors)
+}
+
+/// Load and check device files together. Errors go to `errors`; `None` if any.
+fn load_files(files: Vec<PathBuf>, errors: &mut Vec<ConfigError>) -> Option<DeviceRegistry> {
     let start = errors.len();
-    let mut classes: Vec<(DeviceClass, Option<usize>)> = Vec::new();
+    let mut classes: Vec<(DeviceClass, Source)> = Vec::new();
+    // A file that could not be read or parsed at all may hold what a check
+    // across files would look for.
+    let mut all_parsed = true;
     for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -160,17 +220,21 @@ pub(super) fn load_dir(
                     line: None,
                     message: format!("cannot read: {e}"),
                 });
+                all_parsed = false;
                 continue;
             }
         };
         let mut src = Source::new(&file, text);
+        let before = errors.len();
         let Some(raw) = parse_file::<RawDevice>(&mut src, errors) else {
+            all_parsed = false;
             continue;
         };
-        if let Some(class) = validate_device(&src, raw, errors) {
-            let line = src.line("match");
-            classes.push((class, line));
-        }
+        let parsed = errors.len();
+        let mut class = validate_device(&src, raw, errors);
+        drop_follow_ons(errors, before, parsed);
+        mark_refused(&mut class.detection, &errors[before..]);
+        classes.push((class, src));
     }
     // Two files with the same pattern would override each other in file-name order,
     // which nobody would guess: refuse it.
@@ -179,7 +243,7 @@ pub(super) fn load_dir(
             if classes[i].0.pattern == classes[j].0.pattern {
                 errors.push(ConfigError {
                     file: classes[i].0.file.clone(),
-                    line: classes[i].1,
+                    line: classes[i].1.line("match"),
                     message: format!(
                         "match: pattern {:?} is also used by {}; merge the two files or make one pattern more specific",
                         classes[i].0.pattern,
@@ -189,21 +253,79 @@ pub(super) fn load_dir(
             }
         }
     }
+    // Stable sort: equal specificity keeps file-name order.
+    classes.sort_by_key(|(c, _)| specificity(&c.pattern));
+    if all_parsed {
+        let layers: Vec<(&str, &FileLayer)> = classes
+            .iter()
+            .map(|(c, _)| (c.pattern.as_str(), &c.detection))
+            .collect();
+        for p in check_all(&layers) {
+            errors.push(classes[p.at.file].1.at(&p.at.key, p.msg));
+        }
+    }
     if errors.len() > start {
         return None;
     }
-    let mut classes: Vec<DeviceClass> = classes.into_iter().map(|(c, _)| c).collect();
-    // Stable sort: equal specificity keeps file-name order.
-    classes.sort_by_key(|c| specificity(&c.pattern));
+    let classes = classes.into_iter().map(|(c, _)| c).collect();
     Some(DeviceRegistry { classes })
 }
 
-fn validate_device(
-    src: &Source,
-    raw: RawDevice,
-    errors: &mut Vec<ConfigError>,
-) -> Option<DeviceClass> {
-    let start = errors.len();
+/// A key that failed to parse was left out before validation: do not also
+/// report it, what is inside it, or its table as incomplete (errors
+/// `parse_start..parsed` are the parse errors, the rest validation errors).
+fn drop_follow_ons(errors: &mut Vec<ConfigError>, parse_start: usize, parsed: usize) {
+    let path = |e: &ConfigError| e.message.split(": ").next().unwrap_or_default().to_string();
+    let refused: Vec<String> = errors[parse_start..parsed].iter().map(path).collect();
+    let mut i = parsed;
+    while i < errors.len() {
+        let p = path(&errors[i]);
+        let follows = refused.iter().any(|r| {
+            let under = r == &p || [".", "["].iter().any(|s| p.starts_with(&format!("{r}{s}")));
+            let table = r.rsplit_once('.').is_some_and(|(parent, _)| parent == p);
+            under || table
+        });
+        if follows {
+            errors.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Mark what a file's errors (`key.path: message`) may have left out: for a
+/// metric table, the first key inside it that was refused (see
+/// `MetricLayer::refused`); the whole file when its `match` or a whole
+/// metric table was refused.
+fn mark_refused(layer: &mut FileLayer, file_errors: &[ConfigError]) {
+    for e in file_errors {
+        let m = e.message.as_str();
+        let mut in_table = false;
+        for t in &mut layer.metrics {
+            let Some(rest) = m.strip_prefix(&format!("metrics.{}", t.name)) else {
+                continue;
+            };
+            let topic = if let Some(inner) = rest.strip_prefix('.') {
+                match inner.split(['.', ':', '[']).next().unwrap_or_default() {
+                    "window_readings" | "hop" | "hop_readings" => "window",
+                    first => first,
+                }
+            } else if rest.starts_with(':') {
+                "*"
+            } else {
+                continue;
+            };
+            t.refused.push(topic.to_string());
+            in_table = true;
+        }
+        if !in_table && (m.starts_with("metrics") || m.starts_with("match")) {
+            layer.tainted = true;
+        }
+    }
+}
+
+/// Validate one file; refused keys are reported and left out.
+fn validate_device(src: &Source, raw: RawDevice, errors: &mut Vec<ConfigError>) -> DeviceClass {
     let pattern = raw.pattern.unwrap_or_else(|| {
         src.path
             .file_stem()
@@ -213,9 +335,11 @@ fn validate_device(
     if let Err(e) = check_name("device pattern", &pattern) {
         errors.push(src.at("match", e));
     }
+    let mut detection = alerts_layer(src, raw.alerts, errors);
     let mut metrics = BTreeMap::new();
     for (name, m) in raw.metrics.unwrap_or_default() {
         let key = format!("metrics.{name}");
+        // Glob characters are allowed here (`*`, `?`), and check_name lets them through.
         if let Err(e) = check_name("metric", &name) {
             errors.push(src.at(&key, e));
         }
@@ -227,6 +351,7 @@ fn validate_device(
                 ));
             }
         }
+        detection.metrics.push(metric_layer(src, &name, &m, errors));
         metrics.insert(
             name,
             MetricProfile {
@@ -235,16 +360,16 @@ fn validate_device(
             },
         );
     }
-    if errors.len() > start {
-        return None;
-    }
-    Some(DeviceClass {
+    // Stable sort: equal specificity keeps name order.
+    detection.metrics.sort_by_key(|t| specificity(&t.name));
+    DeviceClass {
         file: src.path.clone(),
         pattern,
         description: raw.description,
         metadata: raw.metadata.unwrap_or_default(),
         metrics,
-    })
+        detection,
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +406,7 @@ mod tests {
                 },
             )]
             .into(),
+            detection: FileLayer::default(),
         };
         let mut classes = vec![
             class("pump-7", "degF", None),

@@ -2,6 +2,11 @@
 //! out. Parsing (serde `Raw*` types) and validation are separate steps, and
 //! every error is collected with its file and line before anything starts.
 
+mod detection;
+mod detection_layer;
+mod detection_merge;
+mod detection_raw;
+mod detection_vibration;
 mod devices;
 mod diag;
 mod topic;
@@ -11,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};
 pub use topic::{check_name, filter_matches, validate_filter, TopicIds, TopicTemplate};
@@ -602,5 +608,7 @@ fn validate_store(
     })
 }
 
+#[cfg(test)]
+mod detection_tests;
 #[cfg(test)]
 mod tests;

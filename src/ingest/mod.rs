@@ -90,6 +90,8 @@ pub struct IngestMetrics {
     /// Incremented at each connection to the broker.
     pub connection: AtomicU64,
     pub store_full: AtomicBool,
+    /// Times ingest paused because the store budget was used up.
+    pub full_pauses: AtomicU64,
     pub connected: AtomicBool,
     /// The broker accepted every subscription (since the last connect).
     pub subscribed: AtomicBool,

@@ -117,6 +117,8 @@ pub struct Task {
     pub shutdown: watch::Receiver<bool>,
     pub done_tx: oneshot::Sender<()>,
     pub metrics: Arc<IngestMetrics>,
+    /// Sequence number after the last committed reading, for whoever tails the log.
+    pub committed_tx: watch::Sender<u64>,
 }
 
 type InFlight = JoinHandle<(Result<Commit, StoreError>, Pending)>;
@@ -131,6 +133,7 @@ pub async fn run(task: Task) {
         mut shutdown,
         done_tx,
         metrics,
+        committed_tx,
     } = task;
     let mut pending = Pending::default();
     let mut inflight: Option<InFlight> = None;
@@ -211,6 +214,9 @@ pub async fn run(task: Task) {
                         metrics.commits.fetch_add(1, Ordering::Relaxed);
                         metrics.readings_stored.fetch_add(count, Ordering::Relaxed);
                         debug!(first_seq, count, messages = batch.batch.messages, "batch committed");
+                        if count > 0 {
+                            committed_tx.send_replace(first_seq + count);
+                        }
                         unsent_acks.extend(&batch.acks);
                         // Dropping the batch releases its share of the memory budget.
                         drop(batch);
@@ -224,6 +230,7 @@ pub async fn run(task: Task) {
                                 "store budget used up; ingest paused (no acks, no reads from the broker) until space frees"
                             );
                             full_since = Some(Instant::now());
+                            metrics.full_pauses.fetch_add(1, Ordering::Relaxed);
                         }
                         metrics.store_full.store(true, Ordering::Relaxed);
                         retry_at = Some(Instant::now() + FULL_RETRY);

@@ -10,13 +10,18 @@
 //!   count and bytes; the oldest are dropped first, and counted.
 //! - `meta`: sequence numbers, byte accounting and counters, written in the
 //!   same transaction as the data they describe.
+//! - `checkpoints`, `outbox_alerts`, `outbox_aggregates`: detection's cursor
+//!   and per-stream state, and what it produced (see `detection.rs`).
 //!
-//! Disk budget: the readings log and the dead letters are accounted in bytes
-//! (keys + encoded values). While that total is at or above the budget,
+//! Disk budget: the readings log, the outbox and the dead letters are
+//! accounted in bytes (keys + encoded values). While that total is at or above the budget,
 //! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
 //! from the broker until space is freed (`trim_before`).
 
 mod codec;
+mod detection;
+
+pub use detection::{DetectionCommit, Lane, OutboxEntry};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -79,6 +84,19 @@ struct Meta {
     dead_bytes: u64,
     dead_count: u64,
     counters: Counters,
+    /// Outbox: next sequence number and bytes per lane ([alerts, aggregates]).
+    #[serde(default)]
+    next_outbox: [u64; 2],
+    #[serde(default)]
+    outbox_bytes: [u64; 2],
+    #[serde(default)]
+    outbox_count: [u64; 2],
+}
+
+impl Meta {
+    fn used_bytes(&self) -> u64 {
+        self.readings_bytes + self.dead_bytes + self.outbox_bytes[0] + self.outbox_bytes[1]
+    }
 }
 
 /// What ingest hands over in one group commit.
@@ -108,6 +126,11 @@ pub struct Stats {
     pub readings_bytes: u64,
     pub dead_letters: u64,
     pub dead_letter_bytes: u64,
+    /// Outbox entries and bytes, alerts then aggregates.
+    pub outbox: [u64; 2],
+    pub outbox_bytes: [u64; 2],
+    /// Next reading detection will process.
+    pub detection_cursor: u64,
     pub budget_bytes: u64,
     pub size_on_disk: u64,
     pub counters: Counters,
@@ -124,6 +147,8 @@ struct Inner {
     readings: sled::Tree,
     dead: sled::Tree,
     meta_tree: sled::Tree,
+    checkpoints: sled::Tree,
+    outbox: [sled::Tree; 2],
     limits: Limits,
     /// One writer at a time; the mutex also guards the in-memory copy of `Meta`.
     meta: Mutex<Meta>,
@@ -198,7 +223,11 @@ fn corrupt_block(first: u64, detail: String) -> StoreError {
 /// Metadata for trees that have data but no metadata record (written by a
 /// tool, or restored from a copy): sequence numbers and byte counts are
 /// recounted so that nothing is overwritten. Counters start from zero.
-fn rebuild_meta(readings: &sled::Tree, dead: &sled::Tree) -> Result<Meta, StoreError> {
+fn rebuild_meta(
+    readings: &sled::Tree,
+    dead: &sled::Tree,
+    outbox: &[sled::Tree; 2],
+) -> Result<Meta, StoreError> {
     let mut meta = Meta::default();
     for entry in readings.iter() {
         let (k, v) = entry?;
@@ -212,6 +241,14 @@ fn rebuild_meta(readings: &sled::Tree, dead: &sled::Tree) -> Result<Meta, StoreE
         meta.next_dead = meta.next_dead.max(seq_of(&k).saturating_add(1));
         meta.dead_bytes += (k.len() + v.len()) as u64;
         meta.dead_count += 1;
+    }
+    for (lane, tree) in outbox.iter().enumerate() {
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            meta.next_outbox[lane] = meta.next_outbox[lane].max(seq_of(&k).saturating_add(1));
+            meta.outbox_bytes[lane] += (k.len() + v.len()) as u64;
+            meta.outbox_count[lane] += 1;
+        }
     }
     Ok(meta)
 }
@@ -242,15 +279,20 @@ impl Store {
         let readings = db.open_tree("readings")?;
         let dead = db.open_tree("dead_letters")?;
         let meta_tree = db.open_tree("meta")?;
+        let checkpoints = db.open_tree("checkpoints")?;
+        let outbox = [
+            db.open_tree("outbox_alerts")?,
+            db.open_tree("outbox_aggregates")?,
+        ];
         let meta = match meta_tree.get(META_KEY)? {
             Some(v) => match from_cbor("metadata", 0, &v) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "store metadata unreadable; recounting from the data (counters restart at zero)");
-                    rebuild_meta(&readings, &dead)?
+                    rebuild_meta(&readings, &dead, &outbox)?
                 }
             },
-            None => rebuild_meta(&readings, &dead)?,
+            None => rebuild_meta(&readings, &dead, &outbox)?,
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -258,6 +300,8 @@ impl Store {
                 readings,
                 dead,
                 meta_tree,
+                checkpoints,
+                outbox,
                 limits: Limits {
                     budget_bytes,
                     dead_letter_max,
@@ -274,10 +318,9 @@ impl Store {
         self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes used by the readings log and dead letters.
+    /// Bytes used by the readings log, the outbox and the dead letters.
     pub fn used_bytes(&self) -> u64 {
-        let m = self.meta();
-        m.readings_bytes + m.dead_bytes
+        self.meta().used_bytes()
     }
 
     pub fn budget_bytes(&self) -> u64 {
@@ -294,7 +337,7 @@ impl Store {
     /// Blocking: call it from a blocking thread, not from an async task.
     pub fn commit(&self, batch: &Batch) -> Result<Commit, StoreError> {
         let mut meta = self.meta();
-        if meta.readings_bytes + meta.dead_bytes >= self.inner.limits.budget_bytes {
+        if meta.used_bytes() >= self.inner.limits.budget_bytes {
             return Ok(Commit::Full);
         }
         let first_seq = meta.next_seq;
@@ -477,6 +520,7 @@ impl Store {
 
     pub fn stats(&self) -> Result<Stats, StoreError> {
         let meta = self.meta().clone();
+        let detection_cursor = self.detection_cursor()?;
         let first_seq = self.first_seq()?;
         Ok(Stats {
             readings: first_seq
@@ -487,6 +531,9 @@ impl Store {
             readings_bytes: meta.readings_bytes,
             dead_letters: meta.dead_count,
             dead_letter_bytes: meta.dead_bytes,
+            outbox: meta.outbox_count,
+            outbox_bytes: meta.outbox_bytes,
+            detection_cursor,
             budget_bytes: self.inner.limits.budget_bytes,
             size_on_disk: self.inner.db.size_on_disk()?,
             counters: meta.counters,

@@ -138,6 +138,8 @@ pub struct Options {
     pub template: String,
     /// Extra lines for the [broker] table (TLS and so on).
     pub broker_extra: String,
+    /// Content of devices/default.toml.
+    pub default_device: String,
 }
 
 impl Options {
@@ -151,6 +153,7 @@ impl Options {
             max_payload_bytes: 1 << 20,
             template: "plant/+/{device}/{metric}".into(),
             broker_extra: String::new(),
+            default_device: "match = \"*\"\n".into(),
         }
     }
 }
@@ -159,7 +162,7 @@ impl Setup {
     pub fn new(o: &Options) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("devices")).unwrap();
-        fs::write(dir.path().join("devices/default.toml"), "match = \"*\"\n").unwrap();
+        fs::write(dir.path().join("devices/default.toml"), &o.default_device).unwrap();
         let client_id = format!("vigil-test-{}", o.port);
         let text = format!(
             r#"gateway_id = "gw-test"

@@ -1,0 +1,367 @@
+//! The alert state machine of one condition (one detector on one feature of
+//! one stream): raise after N consecutive anomalous windows, escalate from
+//! warning to alarm within the same alert, clear after M normal windows.
+//! One alert per condition, however long it lasts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AlertEvent, AlertKind, EpochMs, Severity};
+
+/// What one detector concluded about one feature in one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub detector: &'static str,
+    pub feature: String,
+    /// `None`: normal.
+    pub severity: Option<Severity>,
+    pub value: f64,
+    pub limit: Option<f64>,
+    /// Learned level and spread (baseline detectors).
+    pub baseline: Option<(f64, f64)>,
+    /// Detector-specific statistic: z-score, CUSUM sum, spread ratio, rate per minute.
+    pub statistic: Option<f64>,
+    pub score: f64,
+    /// Extra words for the explanation (ISO zone, direction).
+    pub note: &'static str,
+}
+
+impl Check {
+    /// The explanation an operator reads.
+    pub fn explain(&self, unit: &str) -> String {
+        let f = &self.feature;
+        let v = fmt_num(self.value);
+        let u = if unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {unit}")
+        };
+        let sev = self.severity.map(|s| s.as_str()).unwrap_or("normal");
+        let lim = self.limit.map(fmt_num).unwrap_or_default();
+        let score = format!("score {:.3}", self.score);
+        match self.detector {
+            "limit" => format!(
+                "{f} {v}{u} is {} the {sev} limit {lim}{u} ({score})",
+                self.note
+            ),
+            "iso10816" => format!(
+                "{f} {v} mm/s is in ISO 10816-3 {} ({} {lim} mm/s; {score})",
+                self.note,
+                if self.severity == Some(Severity::Alarm) {
+                    "zone D from"
+                } else {
+                    "zone C from"
+                }
+            ),
+            "rate" => format!(
+                "{f} {} at {}{u}/min, faster than the {sev} limit {lim}{u}/min ({score})",
+                self.note,
+                fmt_num(self.statistic.unwrap_or(0.0).abs()),
+            ),
+            "baseline" => {
+                let (level, spread) = self.baseline.unwrap_or((0.0, 0.0));
+                format!(
+                    "{f} {v}{u} is {} spreads {} the learned level {}{u} ± {} ({score})",
+                    fmt_num(self.statistic.unwrap_or(0.0).abs()),
+                    if self.value >= level {
+                        "above"
+                    } else {
+                        "below"
+                    },
+                    fmt_num(level),
+                    fmt_num(spread),
+                )
+            }
+            "drift" => {
+                let (level, spread) = self.baseline.unwrap_or((0.0, 0.0));
+                format!(
+                    "{f} has crept {}: {v}{u} against the long-term level {}{u} ± {}, CUSUM {} past its decision interval {lim} ({score})",
+                    if self.statistic.unwrap_or(0.0) >= 0.0 { "up" } else { "down" },
+                    fmt_num(level),
+                    fmt_num(spread),
+                    fmt_num(self.statistic.unwrap_or(0.0).abs()),
+                )
+            }
+            "volatility" => format!(
+                "{f} {v}{u} is {}× the learned within-window spread {}{u}, limit {lim}× ({score})",
+                fmt_num(self.statistic.unwrap_or(0.0)),
+                fmt_num(self.baseline.map(|b| b.0).unwrap_or(0.0)),
+            ),
+            "silence" => format!("no reading for {v} s (limit {lim} s)"),
+            other => format!("{other}: {f} {v}{u} ({sev}, {score})"),
+        }
+    }
+}
+
+/// Numbers in explanations: four significant digits, no exponent for common sizes.
+pub fn fmt_num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if (1e-3..1e6).contains(&a) {
+        let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// Where an alert belongs and its hysteresis.
+pub struct Context<'a> {
+    pub device: &'a str,
+    pub metric: &'a str,
+    pub unit: &'a str,
+    pub raise_after: u32,
+    pub clear_after: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Consecutive anomalous / normal windows so far.
+    bad: u32,
+    good: u32,
+    /// Highest severity in the current anomalous run.
+    run_max: Option<Severity>,
+    active: Option<Active>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Active {
+    id: String,
+    severity: Severity,
+    raised_ms: EpochMs,
+}
+
+impl Condition {
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Feed the check of one window ending at `end_ms`; returns the alert
+    /// transition it causes, if any.
+    pub fn step(
+        &mut self,
+        check: &Check,
+        window: (EpochMs, EpochMs),
+        ctx: &Context,
+    ) -> Option<AlertEvent> {
+        let (start_ms, end_ms) = window;
+        match check.severity {
+            Some(sev) => {
+                self.bad = self.bad.saturating_add(1);
+                self.good = 0;
+                self.run_max = self.run_max.max(Some(sev));
+                match &mut self.active {
+                    Some(active) if sev > active.severity => {
+                        active.severity = sev;
+                        let (id, raised) = (active.id.clone(), active.raised_ms);
+                        Some(event(
+                            AlertKind::Escalated,
+                            id,
+                            sev,
+                            raised,
+                            None,
+                            check,
+                            window,
+                            ctx,
+                        ))
+                    }
+                    Some(_) => None,
+                    None if self.bad >= ctx.raise_after.max(1) => {
+                        let severity = self.run_max.unwrap_or(sev);
+                        let id = format!(
+                            "{}/{}/{}/{}/{}",
+                            ctx.device, ctx.metric, check.detector, check.feature, end_ms
+                        );
+                        self.active = Some(Active {
+                            id: id.clone(),
+                            severity,
+                            raised_ms: end_ms,
+                        });
+                        Some(event(
+                            AlertKind::Raised,
+                            id,
+                            severity,
+                            end_ms,
+                            None,
+                            check,
+                            (start_ms, end_ms),
+                            ctx,
+                        ))
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                self.good = self.good.saturating_add(1);
+                self.bad = 0;
+                self.run_max = None;
+                if self.good >= ctx.clear_after.max(1) {
+                    if let Some(active) = self.active.take() {
+                        return Some(event(
+                            AlertKind::Cleared,
+                            active.id,
+                            active.severity,
+                            active.raised_ms,
+                            Some(end_ms),
+                            check,
+                            window,
+                            ctx,
+                        ));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Clear at once (the condition no longer exists, e.g. a silent sensor spoke).
+    pub fn clear_now(
+        &mut self,
+        check: &Check,
+        window: (EpochMs, EpochMs),
+        ctx: &Context,
+    ) -> Option<AlertEvent> {
+        self.bad = 0;
+        self.run_max = None;
+        let active = self.active.take()?;
+        Some(event(
+            AlertKind::Cleared,
+            active.id,
+            active.severity,
+            active.raised_ms,
+            Some(window.1),
+            check,
+            window,
+            ctx,
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    kind: AlertKind,
+    id: String,
+    severity: Severity,
+    raised_ms: EpochMs,
+    cleared_ms: Option<EpochMs>,
+    check: &Check,
+    window: (EpochMs, EpochMs),
+    ctx: &Context,
+) -> AlertEvent {
+    let message = match kind {
+        AlertKind::Cleared => format!(
+            "cleared after {} normal window(s): {}",
+            ctx.clear_after.max(1),
+            check.explain(ctx.unit)
+        ),
+        _ => check.explain(ctx.unit),
+    };
+    AlertEvent {
+        id,
+        kind,
+        device: ctx.device.to_string(),
+        metric: ctx.metric.to_string(),
+        detector: check.detector.to_string(),
+        feature: check.feature.clone(),
+        severity,
+        raised_ms,
+        cleared_ms,
+        window_start_ms: window.0,
+        window_end_ms: window.1,
+        value: check.value,
+        limit: check.limit,
+        baseline: check.baseline,
+        score: check.score,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sev: Option<Severity>, value: f64) -> Check {
+        Check {
+            detector: "limit",
+            feature: "mean".into(),
+            severity: sev,
+            value,
+            limit: Some(80.0),
+            baseline: None,
+            statistic: None,
+            score: if sev.is_some() { 0.9 } else { 0.0 },
+            note: "above",
+        }
+    }
+
+    fn run(seq: &[Option<Severity>]) -> Vec<AlertEvent> {
+        let ctx = Context {
+            device: "pump-1",
+            metric: "temperature",
+            unit: "degC",
+            raise_after: 2,
+            clear_after: 3,
+        };
+        let mut c = Condition::default();
+        let mut out = Vec::new();
+        for (i, s) in seq.iter().enumerate() {
+            let t = i as i64 * 1000;
+            out.extend(c.step(&check(*s, 85.0), (t, t + 1000), &ctx));
+        }
+        out
+    }
+
+    const W: Option<Severity> = Some(Severity::Warning);
+    const A: Option<Severity> = Some(Severity::Alarm);
+    const N: Option<Severity> = None;
+
+    #[test]
+    fn raise_after_n_and_clear_after_m() {
+        // One anomalous window is not enough; two in a row raise.
+        assert!(run(&[W, N, W, N]).is_empty());
+        let ev = run(&[W, W, W, N, N, W, N, N, N]);
+        let kinds: Vec<_> = ev.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![AlertKind::Raised, AlertKind::Cleared]);
+        assert_eq!(ev[0].raised_ms, 2000, "raised at the end of the 2nd window");
+        assert_eq!(ev[1].cleared_ms, Some(9000));
+        assert_eq!(ev[0].id, ev[1].id);
+        assert_eq!(ev[0].id, "pump-1/temperature/limit/mean/2000");
+        assert!(ev[0].message.contains("above the warning limit 80 degC"));
+    }
+
+    #[test]
+    fn escalates_within_one_alert() {
+        let ev = run(&[W, W, A, A, W, N, N, N]);
+        let kinds: Vec<_> = ev.iter().map(|e| (e.kind, e.severity)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (AlertKind::Raised, Severity::Warning),
+                (AlertKind::Escalated, Severity::Alarm),
+                (AlertKind::Cleared, Severity::Alarm)
+            ]
+        );
+        assert!(ev.iter().all(|e| e.id == ev[0].id));
+    }
+
+    #[test]
+    fn a_run_that_reached_alarm_raises_an_alarm() {
+        let ev = run(&[A, W]);
+        assert_eq!(ev[0].severity, Severity::Alarm);
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(fmt_num(80.0), "80");
+        assert_eq!(fmt_num(4.5678), "4.568");
+        assert_eq!(fmt_num(0.012345), "0.01235");
+        assert_eq!(fmt_num(123456.0), "123456");
+        assert_eq!(fmt_num(2.5e-6), "2.500e-6");
+    }
+}

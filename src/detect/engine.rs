@@ -1,0 +1,422 @@
+//! Detection for every stream, without I/O: readings in (with the processing
+//! time `now` passed in), alerts and per-window aggregates out, and the
+//! per-stream state that changed, for the caller to checkpoint.
+//!
+//! `vigil run` and `vigil backtest` both drive this engine; there is no
+//! second implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DeviceRegistry, StreamSettings, WindowSpec};
+use crate::model::{Aggregate, AlertEvent, EpochMs, Reading, Severity, Value};
+
+use super::alert::{Check, Condition, Context};
+use super::baseline::{Learned, Volatility};
+use super::evaluate::evaluate;
+use super::features::Moments;
+use super::spectrum::{BlockSpectrum, Spectrum};
+use super::window::{Admit, Windows};
+
+/// What one call produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub alerts: Vec<AlertEvent>,
+    pub aggregates: Vec<Aggregate>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.aggregates.is_empty()
+    }
+}
+
+/// Counters of detection, kept with its checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DetectCounters {
+    pub readings: u64,
+    /// Behind the watermark: counted, not used.
+    pub late: u64,
+    /// Redelivered copies of a reading already taken.
+    pub duplicates: u64,
+    pub windows: u64,
+    pub raised: BTreeMap<Severity, u64>,
+    pub escalated: u64,
+    pub cleared: u64,
+}
+
+/// Everything detection remembers about one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub(super) windows: Windows<Accum>,
+    /// Times inside windows are minutes since this instant (keeps sums exact).
+    pub(super) origin_ms: Option<EpochMs>,
+    pub(super) newest_ms: Option<EpochMs>,
+    /// Processing time of the newest reading.
+    pub(super) seen_at_ms: Option<EpochMs>,
+    /// Smoothed interval between readings (event time), for closing count
+    /// windows of a stream that went quiet.
+    pub(super) interval_ms: f64,
+    /// The previous window's middle and the features rate limits look at.
+    pub(super) prev: Option<(EpochMs, Vec<(String, f64)>)>,
+    pub(super) learned: BTreeMap<String, Learned>,
+    pub(super) volatility: Volatility,
+    pub(super) conditions: BTreeMap<String, Condition>,
+}
+
+/// Sums of one window: time-domain moments and, for waveform blocks, the
+/// spectral features of each block (averaged over the window's blocks).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accum {
+    pub(super) moments: Moments,
+    pub(super) blocks: u32,
+    pub(super) velocity_sq: f64,
+    pub(super) bands_sq: Vec<f64>,
+    pub(super) envelope: Vec<f64>,
+}
+
+impl Accum {
+    fn add_block(&mut self, s: &BlockSpectrum) {
+        self.blocks += 1;
+        self.velocity_sq += s.velocity_rms_mm_s * s.velocity_rms_mm_s;
+        self.bands_sq.resize(s.bands.len(), 0.0);
+        for (acc, b) in self.bands_sq.iter_mut().zip(&s.bands) {
+            *acc += b * b;
+        }
+        if let Some(env) = &s.envelope {
+            self.envelope.resize(4, 0.0);
+            for (acc, e) in self.envelope.iter_mut().zip(env) {
+                *acc += e;
+            }
+        }
+    }
+}
+
+struct Stream {
+    device: String,
+    metric: String,
+    settings: Arc<StreamSettings>,
+    state: StreamState,
+    dirty: bool,
+}
+
+pub struct Engine {
+    registry: DeviceRegistry,
+    streams: HashMap<String, Stream>,
+    spectrum: Spectrum,
+    counters: DetectCounters,
+    dirty: Vec<String>,
+}
+
+/// Key of a stream in maps and in the store: `device NUL metric` (names are
+/// topic-safe, so they never hold a NUL).
+pub fn stream_key(device: &str, metric: &str) -> String {
+    let mut k = String::with_capacity(device.len() + metric.len() + 1);
+    k.push_str(device);
+    k.push('\0');
+    k.push_str(metric);
+    k
+}
+
+impl Engine {
+    pub fn new(registry: DeviceRegistry) -> Engine {
+        Engine {
+            registry,
+            streams: HashMap::new(),
+            spectrum: Spectrum::new(),
+            counters: DetectCounters::default(),
+            dirty: Vec::new(),
+        }
+    }
+
+    pub fn counters(&self) -> &DetectCounters {
+        &self.counters
+    }
+
+    pub fn set_counters(&mut self, c: DetectCounters) {
+        self.counters = c;
+    }
+
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Put back a stream's state from a checkpoint. If its window settings
+    /// changed since, its open windows start over.
+    pub fn restore(&mut self, key: &str, mut state: StreamState) {
+        let Some((device, metric)) = key.split_once('\0') else {
+            return;
+        };
+        let settings = Arc::new(self.registry.stream_settings(device, metric));
+        if state.windows.spec() != settings.window {
+            state.windows = Windows::new(settings.window);
+        }
+        self.streams.insert(
+            key.to_string(),
+            Stream {
+                device: device.to_string(),
+                metric: metric.to_string(),
+                settings,
+                state,
+                dirty: false,
+            },
+        );
+    }
+
+    /// After a restart: silence is measured while vigil listens, so the time
+    /// it was down does not count as every sensor having been quiet.
+    pub fn resume(&mut self, now_ms: EpochMs) {
+        for s in self.streams.values_mut() {
+            if s.state.seen_at_ms.is_some() {
+                s.state.seen_at_ms = Some(now_ms);
+            }
+        }
+    }
+
+    /// The states changed since the last call, with their keys.
+    pub fn take_dirty(&mut self) -> Vec<(String, &StreamState)> {
+        let keys = std::mem::take(&mut self.dirty);
+        for k in &keys {
+            if let Some(s) = self.streams.get_mut(k) {
+                s.dirty = false;
+            }
+        }
+        keys.into_iter()
+            .filter_map(|k| {
+                let s = self.streams.get(&k)?;
+                Some((k, &s.state))
+            })
+            .collect()
+    }
+
+    /// Run one reading through its stream's windows and detectors.
+    pub fn process(&mut self, r: &Reading, now_ms: EpochMs, out: &mut Output) {
+        self.counters.readings += 1;
+        let key = stream_key(&r.device, &r.metric);
+        if !self.streams.contains_key(&key) {
+            let settings = Arc::new(self.registry.stream_settings(&r.device, &r.metric));
+            let state = StreamState {
+                windows: Windows::new(settings.window),
+                origin_ms: None,
+                newest_ms: None,
+                seen_at_ms: None,
+                interval_ms: 0.0,
+                prev: None,
+                learned: BTreeMap::new(),
+                volatility: Volatility::default(),
+                conditions: BTreeMap::new(),
+            };
+            self.streams.insert(
+                key.clone(),
+                Stream {
+                    device: r.device.clone(),
+                    metric: r.metric.clone(),
+                    settings,
+                    state,
+                    dirty: false,
+                },
+            );
+        }
+        let Engine {
+            streams,
+            spectrum,
+            counters,
+            dirty,
+            ..
+        } = self;
+        let stream = streams.get_mut(&key).expect("inserted above");
+        if !stream.dirty {
+            stream.dirty = true;
+            dirty.push(key);
+        }
+        let settings = stream.settings.clone();
+        let st = &mut stream.state;
+
+        // A silent sensor that speaks again clears its alert at once.
+        if let Some(cond) = st.conditions.get_mut(SILENCE) {
+            let gap = now_ms - st.seen_at_ms.unwrap_or(now_ms);
+            let check = silence_check(gap, settings.silent_after_ms.unwrap_or(0), None);
+            let ctx = context(&stream.device, &stream.metric, &settings);
+            out.alerts
+                .extend(cond.clear_now(&check, (r.time_ms, r.time_ms), &ctx));
+        }
+        st.seen_at_ms = Some(now_ms);
+
+        let origin = *st.origin_ms.get_or_insert(r.time_ms);
+        let t_min = (r.time_ms - origin) as f64 / 60_000.0;
+        let (duration_ms, fingerprint) = match &r.value {
+            Value::Scalar(x) => (0, x.to_bits()),
+            Value::Waveform(w) => (
+                (w.samples.len() as f64 * 1000.0 / w.sample_rate_hz) as EpochMs,
+                fingerprint(w.sample_rate_hz, &w.samples),
+            ),
+        };
+        let mut block: Option<BlockSpectrum> = None;
+        let admit = st.windows.add(
+            r.time_ms,
+            duration_ms,
+            fingerprint,
+            settings.allowed_lateness_ms,
+            |acc| match &r.value {
+                Value::Scalar(x) => acc.moments.push(t_min, *x),
+                Value::Waveform(w) => {
+                    let dt_min = 1.0 / (w.sample_rate_hz * 60.0);
+                    acc.moments.push_block(t_min, dt_min, &w.samples);
+                    let s = block.get_or_insert_with(|| {
+                        spectrum.analyze(&w.samples, w.sample_rate_hz, &settings.waveform)
+                    });
+                    acc.add_block(s);
+                }
+            },
+        );
+        match admit {
+            Admit::Late => counters.late += 1,
+            Admit::Duplicate => counters.duplicates += 1,
+            Admit::Accepted => {
+                if let Some(prev) = st.newest_ms {
+                    if r.time_ms > prev {
+                        let gap = (r.time_ms - prev) as f64;
+                        st.interval_ms = if st.interval_ms == 0.0 {
+                            gap
+                        } else {
+                            0.9 * st.interval_ms + 0.1 * gap
+                        };
+                    }
+                }
+                st.newest_ms = Some(st.newest_ms.map_or(r.time_ms, |n| n.max(r.time_ms)));
+            }
+        }
+        let mut closed = Vec::new();
+        st.windows
+            .drain_final(settings.allowed_lateness_ms, &mut closed);
+        for w in closed {
+            counters.windows += 1;
+            evaluate(
+                stream_ref(&stream.device, &stream.metric),
+                &settings,
+                st,
+                w,
+                counters,
+                out,
+            );
+        }
+    }
+
+    /// Work driven by processing time alone: close the windows of streams
+    /// that went quiet, and raise "sensor silent" alerts.
+    pub fn tick(&mut self, now_ms: EpochMs, out: &mut Output) {
+        let Engine {
+            streams,
+            counters,
+            dirty,
+            ..
+        } = self;
+        for (key, stream) in streams.iter_mut() {
+            let settings = stream.settings.clone();
+            let st = &mut stream.state;
+            let (Some(seen), Some(newest)) = (st.seen_at_ms, st.newest_ms) else {
+                continue;
+            };
+            let quiet = now_ms - seen;
+            let mut changed = false;
+            if st.windows.has_open() {
+                // Event time as it would be now had the sensor kept sending:
+                // its clock, advanced by the processing time since it spoke.
+                let event_now = newest + quiet;
+                let mut closed = Vec::new();
+                match settings.window {
+                    WindowSpec::Time { .. } => {
+                        st.windows.drain_final_at(
+                            event_now.saturating_sub(settings.allowed_lateness_ms),
+                            &mut closed,
+                        );
+                    }
+                    WindowSpec::Count { length, .. } => {
+                        let fill = (st.interval_ms * length as f64) as EpochMs;
+                        if quiet > fill.max(1) + settings.allowed_lateness_ms {
+                            st.windows.drain_all(&mut closed);
+                        }
+                    }
+                }
+                for w in closed {
+                    changed = true;
+                    counters.windows += 1;
+                    evaluate(
+                        stream_ref(&stream.device, &stream.metric),
+                        &settings,
+                        st,
+                        w,
+                        counters,
+                        out,
+                    );
+                }
+            }
+            if let Some(limit) = settings.silent_after_ms {
+                let cond = st.conditions.entry(SILENCE.to_string()).or_default();
+                if quiet > limit && !cond.is_active() {
+                    let check = silence_check(quiet, limit, Some(Severity::Warning));
+                    let ctx = Context {
+                        raise_after: 1,
+                        ..context(&stream.device, &stream.metric, &settings)
+                    };
+                    if let Some(ev) = cond.step(&check, (newest, now_ms), &ctx) {
+                        *counters.raised.entry(ev.severity).or_default() += 1;
+                        out.alerts.push(ev);
+                        changed = true;
+                    }
+                }
+            }
+            if changed && !stream.dirty {
+                stream.dirty = true;
+                dirty.push(key.clone());
+            }
+        }
+    }
+}
+
+const SILENCE: &str = "silence/last_reading";
+
+fn silence_check(quiet_ms: EpochMs, limit_ms: EpochMs, severity: Option<Severity>) -> Check {
+    Check {
+        detector: "silence",
+        feature: "last_reading".into(),
+        severity,
+        value: quiet_ms as f64 / 1000.0,
+        limit: Some(limit_ms as f64 / 1000.0),
+        baseline: None,
+        statistic: None,
+        score: if severity.is_some() { 1.0 } else { 0.0 },
+        note: "",
+    }
+}
+
+/// FNV-1a over the sample bits: recognises a redelivered waveform block.
+fn fingerprint(rate: f64, samples: &[f32]) -> u64 {
+    let mut h = 0xcbf29ce484222325u64 ^ rate.to_bits();
+    for s in samples {
+        h ^= s.to_bits() as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+pub(super) struct StreamRef<'a> {
+    pub device: &'a str,
+    pub metric: &'a str,
+}
+
+fn stream_ref<'a>(device: &'a str, metric: &'a str) -> StreamRef<'a> {
+    StreamRef { device, metric }
+}
+
+pub(super) fn context<'a>(device: &'a str, metric: &'a str, s: &'a StreamSettings) -> Context<'a> {
+    Context {
+        device,
+        metric,
+        unit: s.unit.as_deref().unwrap_or(""),
+        raise_after: s.raise_after,
+        clear_after: s.clear_after,
+    }
+}

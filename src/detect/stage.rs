@@ -1,0 +1,312 @@
+//! The detect stage: tails the readings log from its cursor, runs the engine
+//! over each batch, and writes the new cursor, the changed stream states and
+//! the outputs in one store transaction. On start it resumes from the last
+//! such transaction, learned baselines and open alerts included.
+//!
+//! When the store is full, readings detection has already consumed are
+//! trimmed (oldest first) so that ingest can go on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::config::DeviceRegistry;
+use crate::model::{AlertKind, EpochMs};
+use crate::store::{DetectionCommit, Store, StoreError};
+
+use super::engine::{DetectCounters, Engine, Output, StreamState};
+
+/// Readings per detection batch (one transaction).
+const BATCH: usize = 4096;
+/// How often processing-time work (idle windows, silent sensors) runs.
+const TICK: Duration = Duration::from_secs(1);
+/// Pause after a store error before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Checkpoint key of the counters (stream keys hold a NUL, this one starts with 0x01).
+const COUNTERS_KEY: &str = "\u{1}counters";
+
+/// Live figures for logs and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct DetectMetrics {
+    pub cursor: AtomicU64,
+    pub alerts_raised: AtomicU64,
+    pub alerts_cleared: AtomicU64,
+    pub aggregates: AtomicU64,
+    pub readings_trimmed: AtomicU64,
+    pub readings_skipped: AtomicU64,
+}
+
+pub struct Task {
+    pub store: Store,
+    pub registry: DeviceRegistry,
+    /// Sequence number after the newest committed reading (from ingest).
+    pub committed_rx: watch::Receiver<u64>,
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<DetectMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a detection thread failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn wall_ms() -> EpochMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as EpochMs)
+        .unwrap_or(0)
+}
+
+/// Rebuild the engine from the store's checkpoints.
+pub fn restore(store: &Store, registry: DeviceRegistry) -> Result<(Engine, u64), StoreError> {
+    let mut engine = Engine::new(registry);
+    let cursor = store.detection_cursor()?;
+    for (key, bytes) in store.checkpoints()? {
+        if key == COUNTERS_KEY {
+            match ciborium::de::from_reader::<DetectCounters, _>(bytes.as_slice()) {
+                Ok(c) => engine.set_counters(c),
+                Err(e) => warn!(error = %e, "detection counters unreadable; they restart at zero"),
+            }
+            continue;
+        }
+        match ciborium::de::from_reader::<StreamState, _>(bytes.as_slice()) {
+            Ok(state) => engine.restore(&key, state),
+            Err(e) => {
+                let (device, metric) = key.split_once('\0').unwrap_or((&key, ""));
+                warn!(device, metric, error = %e, "stream state unreadable (written by another version?); the stream starts learning again");
+            }
+        }
+    }
+    engine.resume(wall_ms());
+    Ok((engine, cursor))
+}
+
+/// The transaction for what the engine did since the last one.
+fn commit_of(engine: &mut Engine, cursor: u64, out: Output) -> DetectionCommit {
+    let mut checkpoints = Vec::new();
+    for (key, state) in engine.take_dirty() {
+        let mut bytes = Vec::new();
+        match ciborium::ser::into_writer(state, &mut bytes) {
+            Ok(()) => checkpoints.push((key, bytes)),
+            // Encoding plain structs of numbers cannot fail short of OOM;
+            // the stream then resumes from its previous checkpoint.
+            Err(e) => error!(key, error = %e, "cannot encode a stream state"),
+        }
+    }
+    let mut counters = Vec::new();
+    if ciborium::ser::into_writer(engine.counters(), &mut counters).is_ok() {
+        checkpoints.push((COUNTERS_KEY.to_string(), counters));
+    }
+    DetectionCommit {
+        cursor,
+        checkpoints,
+        alerts: out.alerts,
+        aggregates: out.aggregates,
+    }
+}
+
+fn log_alerts(out: &Output) {
+    for a in &out.alerts {
+        match a.kind {
+            AlertKind::Raised | AlertKind::Escalated => warn!(
+                id = %a.id, device = %a.device, metric = %a.metric, detector = %a.detector,
+                severity = %a.severity, "alert {}: {}", a.kind.as_str(), a.message
+            ),
+            AlertKind::Cleared => info!(
+                id = %a.id, device = %a.device, metric = %a.metric, detector = %a.detector,
+                "alert cleared: {}", a.message
+            ),
+        }
+    }
+}
+
+pub async fn run(task: Task) {
+    let Task {
+        store,
+        registry,
+        mut committed_rx,
+        mut shutdown,
+        metrics,
+    } = task;
+    let (mut engine, mut cursor) = loop {
+        let (s, r) = (store.clone(), registry.clone());
+        match tokio::task::spawn_blocking(move || restore(&s, r)).await {
+            Ok(Ok(v)) => break v,
+            Ok(Err(e)) => error!(error = %e, "cannot read detection checkpoints; retrying"),
+            Err(e) => error!(error = %e, "cannot read detection checkpoints; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    info!(
+        cursor,
+        streams = engine.streams(),
+        "detection resumes from its checkpoint"
+    );
+    let mut last_tick = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let tick_due = last_tick.elapsed() >= TICK;
+        let step = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = step(&store, &mut engine, cursor, tick_due);
+                (engine, r)
+            })
+            .await
+        };
+        let (returned, result) = match step {
+            Ok(v) => v,
+            Err(e) => {
+                // The engine went down with the thread; only a bug gets here.
+                error!(error = %e, "detection thread panicked; stopping detection");
+                return;
+            }
+        };
+        engine = returned;
+        if tick_due {
+            last_tick = Instant::now();
+        }
+        let processed = match result {
+            Ok(s) => {
+                metrics.cursor.store(s.cursor, Ordering::Relaxed);
+                metrics
+                    .aggregates
+                    .fetch_add(s.aggregates, Ordering::Relaxed);
+                metrics.alerts_raised.fetch_add(s.raised, Ordering::Relaxed);
+                metrics
+                    .alerts_cleared
+                    .fetch_add(s.cleared, Ordering::Relaxed);
+                metrics
+                    .readings_trimmed
+                    .fetch_add(s.trimmed, Ordering::Relaxed);
+                metrics
+                    .readings_skipped
+                    .fetch_add(s.skipped, Ordering::Relaxed);
+                let n = s.cursor - cursor;
+                cursor = s.cursor;
+                n
+            }
+            Err(e) => {
+                error!(error = %e, "detection batch failed; retrying from the last checkpoint");
+                // The transaction did not happen: rebuild the engine as it was.
+                let (s, r) = (store.clone(), registry.clone());
+                if let Ok(Ok((e2, c2))) = tokio::task::spawn_blocking(move || restore(&s, r)).await
+                {
+                    engine = e2;
+                    cursor = c2;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        if processed > 0 {
+            continue;
+        }
+        // Caught up: wait for new readings, the next tick, or shutdown.
+        let until_tick = TICK.saturating_sub(last_tick.elapsed());
+        tokio::select! {
+            _ = committed_rx.changed() => {}
+            _ = tokio::time::sleep(until_tick) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    debug!(cursor, "detection stopped");
+}
+
+struct StepResult {
+    cursor: u64,
+    aggregates: u64,
+    raised: u64,
+    cleared: u64,
+    trimmed: u64,
+    skipped: u64,
+}
+
+/// One batch: read, detect, commit, and trim if the store is full. Blocking.
+fn step(
+    store: &Store,
+    engine: &mut Engine,
+    cursor: u64,
+    tick: bool,
+) -> Result<StepResult, StoreError> {
+    let batch = store.readings_from(cursor, BATCH)?;
+    let now = wall_ms();
+    let mut out = Output::default();
+    let mut next = cursor;
+    let mut skipped = 0;
+    if let Some((first, _)) = batch.first() {
+        if *first > cursor {
+            skipped = first - cursor;
+            warn!(
+                from = cursor,
+                to = first,
+                "readings were removed from the log before detection saw them"
+            );
+        }
+    }
+    for (seq, r) in &batch {
+        engine.process(r, now, &mut out);
+        next = seq + 1;
+    }
+    if tick {
+        engine.tick(now, &mut out);
+    }
+    if next == cursor && out.is_empty() && !tick {
+        return Ok(StepResult {
+            cursor,
+            aggregates: 0,
+            raised: 0,
+            cleared: 0,
+            trimmed: 0,
+            skipped,
+        });
+    }
+    log_alerts(&out);
+    let raised = out
+        .alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Raised)
+        .count() as u64;
+    let cleared = out
+        .alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::Cleared)
+        .count() as u64;
+    let aggregates = out.aggregates.len() as u64;
+    let commit = commit_of(engine, next, out);
+    if next != cursor || !commit.alerts.is_empty() || !commit.aggregates.is_empty() {
+        store.commit_detection(&commit)?;
+    }
+    let mut trimmed = 0;
+    if store.is_full() {
+        trimmed = store.trim_before(next)?;
+        if trimmed > 0 {
+            info!(
+                trimmed,
+                "store full: removed readings detection has already processed"
+            );
+        }
+    }
+    Ok(StepResult {
+        cursor: next,
+        aggregates,
+        raised,
+        cleared,
+        trimmed,
+        skipped,
+    })
+}
