@@ -210,7 +210,8 @@ pub(super) fn build(v: &MetricLayer, matched: bool) -> (StreamSettings, Vec<Prob
         .limits
         .iter()
         .filter_map(|(feature, l)| {
-            // Strictly increasing: alarm_below < warning_below < warning_above < alarm_above.
+            // Strictly increasing: alarm_below < warning_below < warning_above
+            // < alarm_above. `&`, not `&&`: report every problem.
             let ok = feature_ok(v, feature, &l.at, &mut p)
                 & ordered(
                     &[&l.alarm_down, &l.warning_down, &l.warning_up, &l.alarm_up],

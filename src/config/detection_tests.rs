@@ -655,3 +655,21 @@ features = ["mean", "kurtosiss", "envelope.bpfo"]
     assert_error(&errors, "p.toml", 3, "not a duration");
     assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
 }
+
+#[test]
+fn each_shipped_device_file_loads_on_its_own() {
+    // `vigil backtest --device <file>` loads one file alone.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/devices");
+    let mut n = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let reg = DeviceRegistry::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reg.classes().len(), 1);
+        n += 1;
+    }
+    assert!(n >= 4, "{n} device files");
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    fs::write(bad.path(), "[metrics.t]\nwindow = \"0s\"\n").unwrap();
+    let errors = DeviceRegistry::load_file(bad.path()).unwrap_err().0;
+    assert_error(&errors, "", 2, "above 0");
+}

@@ -30,6 +30,7 @@ impl Check {
     pub fn explain(&self, unit: &str) -> String {
         let f = &self.feature;
         let v = fmt_num(self.value);
+        let unit = unit_of(f, unit);
         let u = if unit.is_empty() {
             String::new()
         } else {
@@ -89,6 +90,16 @@ impl Check {
             "silence" => format!("no reading for {v} s (limit {lim} s)"),
             other => format!("{other}: {f} {v}{u} ({sev}, {score})"),
         }
+    }
+}
+
+/// The unit a feature is in, given the stream's unit: shape features have
+/// none, velocity RMS is always mm/s.
+fn unit_of<'a>(feature: &str, unit: &'a str) -> &'a str {
+    match feature {
+        "count" | "crest_factor" | "kurtosis" | "skewness" => "",
+        "velocity_rms" => "mm/s",
+        _ => unit,
     }
 }
 

@@ -1,14 +1,17 @@
 //! The learned baseline: no thresholds to set. Per feature it learns the
-//! stream's normal level and spread during a warm-up (median and MAD), then
-//! follows them slowly with outlier-resistant updates, and scores each window:
+//! stream's normal level and spread as the median and MAD of its recent
+//! normal windows (the warm-up first, then a moving history of about
+//! 2/alpha windows), and scores each window:
 //!
-//! - level: robust z-score against the moving level, Student-t score (an
+//! - level: robust z-score against the median, Student-t score (an
 //!   anomalous window is not learned from, until the change has lasted as
 //!   long as the warm-up: then the baseline learns anew);
-//! - drift: two-sided CUSUM (Page 1954) of the z-scores against a much slower
-//!   reference, for creeping changes the moving level would absorb;
+//! - drift: two-sided CUSUM (Page 1954) of the clipped z-scores, for
+//!   small persistent shifts the level test does not flag;
 //! - volatility: the window's spread against the learned within-window
 //!   spread, scored with the F distribution of the variance ratio.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, FisherSnedecor, StudentsT};
@@ -18,14 +21,11 @@ use crate::model::Severity;
 
 /// MAD of a normal sample × 1.4826 estimates its standard deviation.
 const MAD_TO_SIGMA: f64 = 1.4826;
-/// Deviations are clipped at this many spreads before they update anything
-/// (Huber), so one wild window moves the baseline by at most `alpha · 3σ`.
+/// Deviations are clipped at this many spreads before they enter the CUSUM
+/// sums (Huber), so one wild window cannot trip the drift detector.
 const CLIP: f64 = 3.0;
-/// Variance of a standard normal truncated at ±3 (corrects the clipped
-/// spread update so it stays unbiased for normal data).
-const CLIPPED_VARIANCE: f64 = 0.9733;
-/// The drift reference learns this many times slower than the level.
-const DRIFT_SLOWDOWN: f64 = 10.0;
+/// Most windows a baseline remembers per feature (memory per stream).
+const MAX_HISTORY: usize = 256;
 /// Degrees of freedom are capped: beyond this the t distribution is normal
 /// for our purposes.
 const MAX_DF: f64 = 100.0;
@@ -47,34 +47,15 @@ pub struct Finding {
 }
 
 /// Level and drift state of one feature of one stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Learned {
-    /// Values seen during the warm-up; emptied when it ends.
-    warm: Vec<f64>,
-    level: f64,
-    spread: f64,
-    reference: f64,
+    /// The most recent normal windows' values (anomalous ones are left out),
+    /// oldest first; at most `capacity` of them.
+    history: VecDeque<f64>,
     cusum_hi: f64,
     cusum_lo: f64,
-    learned: u32,
     /// Consecutive windows outside the warning band (not learned from).
-    #[serde(default)]
     outside: u32,
-}
-
-impl Default for Learned {
-    fn default() -> Self {
-        Learned {
-            warm: Vec::new(),
-            level: 0.0,
-            spread: 0.0,
-            reference: 0.0,
-            cusum_hi: 0.0,
-            cusum_lo: 0.0,
-            learned: 0,
-            outside: 0,
-        }
-    }
 }
 
 /// The two findings of a feature in one window (None while warming up).
@@ -83,27 +64,31 @@ pub struct LevelAndDrift {
     pub drift: Option<Finding>,
 }
 
+/// Windows the baseline remembers: the warm-up, or about 2/alpha (the span
+/// of an exponential average with weight alpha), at most `MAX_HISTORY`.
+fn capacity(s: &BaselineSettings) -> usize {
+    let span = (2.0 / s.alpha).round() as usize;
+    span.max(s.warmup_windows as usize).clamp(1, MAX_HISTORY)
+}
+
 impl Learned {
     pub fn warming_up(&self, s: &BaselineSettings) -> bool {
-        self.learned < s.warmup_windows
+        self.history.len() < s.warmup_windows as usize
     }
 
-    /// Score `x`, then learn from it.
+    /// Score `x` against the level and spread learned so far, then learn from it.
     pub fn observe(&mut self, x: f64, s: &BaselineSettings) -> Option<LevelAndDrift> {
         if !x.is_finite() {
             return None;
         }
         if self.warming_up(s) {
-            self.warm.push(x);
-            self.learned += 1;
-            if !self.warming_up(s) {
-                self.finish_warmup();
-            }
+            self.history.push_back(x);
             return None;
         }
-        let spread = self.spread.max(spread_floor(self.level));
-        let z = (x - self.level) / spread;
-        let df = (s.warmup_windows as f64 - 1.0).clamp(1.0, MAX_DF);
+        let (level, spread) = median_and_spread(&self.history);
+        let spread = spread.max(spread_floor(level));
+        let z = (x - level) / spread;
+        let df = (self.history.len() as f64 - 1.0).clamp(1.0, MAX_DF);
         let score = two_sided_score(z, df);
         let severity = if z.abs() >= s.alarm_z {
             Some(Severity::Alarm)
@@ -112,19 +97,20 @@ impl Learned {
         } else {
             None
         };
-        let level = Finding {
+        let finding = Finding {
             severity,
             value: x,
-            level: self.level,
+            level,
             spread,
             statistic: z,
             score,
         };
 
         let drift = s.cusum.map(|(k, h)| {
-            let zr = ((x - self.reference) / spread).clamp(-CLIP, CLIP);
-            self.cusum_hi = (self.cusum_hi + zr - k).max(0.0);
-            self.cusum_lo = (self.cusum_lo - zr - k).max(0.0);
+            // Clipped, so that one wild window cannot trip it on its own.
+            let zc = z.clamp(-CLIP, CLIP);
+            self.cusum_hi = (self.cusum_hi + zc - k).max(0.0);
+            self.cusum_lo = (self.cusum_lo - zc - k).max(0.0);
             let sum = self.cusum_hi.max(self.cusum_lo);
             let signed = if self.cusum_hi >= self.cusum_lo {
                 sum
@@ -132,9 +118,11 @@ impl Learned {
                 -sum
             };
             Finding {
-                severity: (sum >= h).then_some(Severity::Warning),
+                // The level test already reports a large deviation; drift is
+                // for the small ones that add up.
+                severity: (sum >= h && severity.is_none()).then_some(Severity::Warning),
                 value: x,
-                level: self.reference,
+                level,
                 spread,
                 statistic: signed,
                 // 0.5 at the decision interval, approaching 1 beyond it.
@@ -151,38 +139,36 @@ impl Learned {
             if self.outside >= s.warmup_windows {
                 *self = Learned::default();
             }
-            return Some(LevelAndDrift { level, drift });
+        } else {
+            self.outside = 0;
+            if self.history.len() >= capacity(s) {
+                self.history.pop_front();
+            }
+            self.history.push_back(x);
         }
-        self.outside = 0;
-        // Learn: Huber-clipped exponentially weighted level and spread.
-        let d = (x - self.level).clamp(-CLIP * spread, CLIP * spread);
-        self.level += s.alpha * d;
-        self.spread =
-            ((1.0 - s.alpha) * spread * spread + s.alpha * d * d / CLIPPED_VARIANCE).sqrt();
-        // The reference is a running mean until it has seen 1/slow windows
-        // (so the warm-up's sampling error fades), then a slow moving mean.
-        let slow = (1.0 / (self.learned as f64 + 1.0)).max(s.alpha / DRIFT_SLOWDOWN);
-        self.reference += slow * (x - self.reference).clamp(-CLIP * spread, CLIP * spread);
-        self.learned = self.learned.saturating_add(1);
-        Some(LevelAndDrift { level, drift })
+        Some(LevelAndDrift {
+            level: finding,
+            drift,
+        })
     }
+}
 
-    fn finish_warmup(&mut self) {
-        let mut v = std::mem::take(&mut self.warm);
-        let median = median(&mut v);
-        let mut dev: Vec<f64> = v.iter().map(|x| (x - median).abs()).collect();
-        let mad = median_of(&mut dev);
-        let mut spread = MAD_TO_SIGMA * mad;
-        if spread == 0.0 {
-            // More than half the warm-up was one value: fall back to the mean
-            // absolute deviation (× √(π/2) for a normal sample).
-            spread = 1.2533 * dev.iter().sum::<f64>() / dev.len().max(1) as f64;
-        }
-        self.level = median;
-        self.reference = median;
-        self.spread = spread;
-        self.warm = Vec::new();
+/// Median and robust spread (1.4826 × MAD; the mean absolute deviation when
+/// more than half the values are equal).
+fn median_and_spread(values: &VecDeque<f64>) -> (f64, f64) {
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    let median = median_of(&mut v);
+    for x in v.iter_mut() {
+        *x = (*x - median).abs();
     }
+    let mad = median_of(&mut v);
+    let spread = if mad > 0.0 {
+        MAD_TO_SIGMA * mad
+    } else {
+        // × √(π/2): the mean absolute deviation of a normal sample to σ.
+        1.2533 * v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    (median, spread)
 }
 
 /// The within-window spread a stream normally has, for the volatility test.
@@ -214,7 +200,7 @@ impl Volatility {
             self.learned += 1;
             if self.learned >= s.warmup_windows {
                 let mut v = std::mem::take(&mut self.warm);
-                self.reference = median(&mut v);
+                self.reference = median_of(&mut v);
                 self.count /= self.learned as f64;
             }
             return None;
@@ -269,10 +255,6 @@ fn two_sided_score(z: f64, df: f64) -> f64 {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    median_of(v)
-}
-
 fn median_of(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -320,12 +302,14 @@ mod tests {
         }
         assert!(!b.warming_up(&s));
         // Uniform(-1,1) has σ = 0.577; MAD×1.4826 ≈ 0.74 for it.
-        assert!((b.level - 50.0).abs() < 0.5);
-        assert!(b.spread > 0.3 && b.spread < 1.2, "spread {}", b.spread);
+        let (level, spread) = median_and_spread(&b.history);
+        assert!((level - 50.0).abs() < 0.5);
+        // Uniform(-1,1): σ = 0.577; MAD × 1.4826 ≈ 0.74 for it.
+        assert!(spread > 0.3 && spread < 1.2, "spread {spread}");
         let normal = b.observe(50.2, &s).unwrap();
         assert_eq!(normal.level.severity, None);
         assert!(normal.level.score < 0.5);
-        let spread = b.spread;
+        let spread = median_and_spread(&b.history).1;
         let warn = b.observe(50.0 + 5.0 * spread, &s).unwrap();
         assert_eq!(warn.level.severity, Some(Severity::Warning));
         let alarm = b.observe(50.0 + 20.0 * spread, &s).unwrap();
@@ -335,16 +319,31 @@ mod tests {
     }
 
     #[test]
-    fn one_outlier_barely_moves_the_level() {
+    fn anomalous_windows_are_not_learned_and_a_lasting_change_is() {
         let s = settings();
         let mut b = Learned::default();
         let mut seed = 3;
         for _ in 0..40 {
             b.observe(10.0 + 0.1 * noise(&mut seed), &s);
         }
-        let before = b.level;
-        b.observe(1e6, &s);
-        assert!((b.level - before).abs() <= s.alpha * CLIP * b.spread * 1.5);
+        let before = median_and_spread(&b.history);
+        // A wild window is flagged and leaves the baseline as it was.
+        let f = b.observe(1e6, &s).unwrap();
+        assert_eq!(f.level.severity, Some(Severity::Alarm));
+        assert_eq!(median_and_spread(&b.history), before);
+        // A change lasting as long as the warm-up is learned afresh.
+        for _ in 0..s.warmup_windows {
+            b.observe(20.0 + 0.1 * noise(&mut seed), &s);
+        }
+        assert!(
+            b.warming_up(&s),
+            "the baseline did not start learning again"
+        );
+        for _ in 0..s.warmup_windows {
+            b.observe(20.0 + 0.1 * noise(&mut seed), &s);
+        }
+        let f = b.observe(20.0, &s).unwrap();
+        assert_eq!(f.level.severity, None, "the new level is normal now");
     }
 
     #[test]
@@ -355,7 +354,7 @@ mod tests {
         for _ in 0..20 {
             b.observe(noise(&mut seed), &s);
         }
-        let sigma = b.spread;
+        let sigma = median_and_spread(&b.history).1;
         let mut drift_at = None;
         for i in 0..200 {
             // One spread per 100 windows: never a large z in one window.

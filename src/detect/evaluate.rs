@@ -70,14 +70,27 @@ pub(super) fn evaluate(
                 continue;
             };
             let learned = st.learned.entry(feature.clone()).or_default();
-            if let Some(found) = learned.observe(*v, b) {
+            let scale = is_scale(feature);
+            // Scale features (spreads, amplitudes, ratios) vary by factors:
+            // learn their logarithm, so a doubling and a halving weigh the same.
+            let x = if scale { v.max(1e-12).ln() } else { *v };
+            if let Some(found) = learned.observe(x, b) {
+                let (level, spread) = if scale {
+                    let level = found.level.level.exp();
+                    (
+                        level,
+                        (found.level.level + found.level.spread).exp() - level,
+                    )
+                } else {
+                    (found.level.level, found.level.spread)
+                };
                 checks.push(Check {
                     detector: "baseline",
                     feature: feature.clone(),
                     severity: found.level.severity,
                     value: *v,
                     limit: None,
-                    baseline: Some((found.level.level, found.level.spread)),
+                    baseline: Some((level, spread)),
                     statistic: Some(found.level.statistic),
                     score: found.level.score,
                     note: "",
@@ -89,7 +102,7 @@ pub(super) fn evaluate(
                         severity: d.severity,
                         value: *v,
                         limit: Some(h),
-                        baseline: Some((d.level, d.spread)),
+                        baseline: Some((level, spread)),
                         statistic: Some(d.statistic),
                         score: d.score,
                         note: "",
@@ -154,4 +167,13 @@ fn features_of(acc: &Accum, settings: &StreamSettings) -> BTreeMap<String, f64> 
         }
     }
     list.into_iter().filter(|(_, v)| v.is_finite()).collect()
+}
+
+/// Features that measure a size (never negative, varying by factors).
+fn is_scale(feature: &str) -> bool {
+    matches!(
+        feature,
+        "std" | "rms" | "peak" | "peak_to_peak" | "crest_factor" | "kurtosis" | "velocity_rms"
+    ) || feature.starts_with("band.")
+        || feature.starts_with("envelope.")
 }
