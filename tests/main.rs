@@ -6,7 +6,7 @@ mod backpressure;
 mod bad_input;
 mod cli;
 mod crash;
-// mod detection;
+mod detection;
 mod formats;
 mod fuzz;
 mod quality;
