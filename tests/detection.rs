@@ -179,7 +179,7 @@ fn crash_run(kills: usize) -> Outcome {
     let port = broker.port;
     let publisher = std::thread::spawn(move || publish_blocking(port, crash_readings()));
 
-    // Each kill lands a random number of group commits (1 to 6) after the
+    // Each kill lands a random number of group commits (1 to 8) after the
     // start, plus up to 30 ms: while readings stream through ingest and
     // detection, not after they are done (vigil takes all 20,000 readings
     // in about a second).
@@ -193,7 +193,7 @@ fn crash_run(kills: usize) -> Outcome {
             rng ^= rng << 17;
             rng
         };
-        let (commits, jitter_ms) = (1 + next() % 6, next() % 30);
+        let (commits, jitter_ms) = (1 + next() % 8, next() % 30);
         let v = vigil.take().unwrap();
         let target = commit_count(&v) + commits as usize;
         let since = Instant::now();
@@ -285,7 +285,7 @@ fn missing_from<T: Ord + Clone + std::fmt::Debug>(a: &[T], b: &[T]) -> Vec<T> {
 fn alerts_are_identical_after_sigkills_during_detection() {
     let n = PUMPS * PER_PUMP;
     let a = crash_run(0);
-    let b = crash_run(5);
+    let b = crash_run(8);
 
     let kinds: BTreeSet<&str> = a.alerts.iter().map(|x| x.1.as_str()).collect();
     let transitions = |o: &Outcome, kind: &str| o.alerts.iter().filter(|x| x.1 == kind).count();

@@ -19,8 +19,13 @@ use crate::store::{DetectionCommit, Store, StoreError};
 
 use super::engine::{DetectCounters, Engine, Output, StreamState};
 
-/// Readings per detection batch (one transaction).
-const BATCH: usize = 4096;
+/// Readings per detection batch (one transaction): at least this many, and
+/// more with many streams, since each batch rewrites the state of every
+/// stream it touched (about 2 KB each): 64 readings per stream keeps that
+/// cost small per reading.
+const BATCH_MIN: usize = 4096;
+const BATCH_MAX: usize = 65_536;
+const BATCH_PER_STREAM: usize = 64;
 /// How often processing-time work (idle windows, silent sensors) runs.
 const TICK: Duration = Duration::from_secs(1);
 /// Pause after a store error before trying again.
@@ -243,7 +248,8 @@ fn step(
     cursor: u64,
     tick: bool,
 ) -> Result<StepResult, StoreError> {
-    let batch = store.readings_from(cursor, BATCH)?;
+    let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
+    let batch = store.readings_from(cursor, size)?;
     let now = wall_ms();
     let mut out = Output::default();
     let mut next = cursor;
