@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use crate::support::{
-    publish_blocking, rand_u64, vigil_cmd, wait_until, Broker, Msg, Options, Setup, VigilProcess,
-    PATIENCE,
+    backtest_json, publish_blocking, rand_u64, wait_until, Broker, Msg, Options, Setup,
+    VigilProcess, PATIENCE,
 };
 
 /// A window length of 10 s (the device files below say `window = "10s"`).
@@ -464,20 +464,16 @@ fn live_readings_raise_and_clear_alerts_and_backtest_reproduces_them() {
         text.push_str(&format!("{ts},{v:.3}\n"));
     }
     std::fs::write(&csv, text).unwrap();
-    let out = vigil_cmd()
-        .arg("backtest")
-        .arg("--device")
-        .arg(setup.dir.path().join("devices/pump-1.toml"))
-        .args(["--metric", "temperature", "--json"])
-        .arg(&csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "backtest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let device = setup.dir.path().join("devices/pump-1.toml");
+    let report = backtest_json(
+        &[
+            "--device",
+            device.to_str().unwrap(),
+            "--metric",
+            "temperature",
+        ],
+        &[csv],
     );
-    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     let key = |a: &Json| {
         (
             str_of(a, "id"),

@@ -6,28 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::vigil_cmd;
+use crate::support::{backtest_json, vigil_cmd};
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(rel)
-}
-
-fn backtest_json(args: &[&str], inputs: &[PathBuf]) -> serde_json::Value {
-    let out = vigil_cmd()
-        .arg("backtest")
-        .args(args)
-        .arg("--json")
-        .args(inputs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "backtest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("backtest --json prints one JSON document")
 }
 
 /// Healthy vibration (12 s) with each fault spliced on: no alert on the

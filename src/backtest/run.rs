@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{ConfigErrors, DeviceRegistry};
 use crate::detect::{Engine, Output};
-use crate::model::{rfc3339, AlertEvent, AlertKind, EpochMs, Reading, Value, Waveform};
+use crate::model::{rfc3339, AlertEvent, AlertKind, EpochMs, Reading, Severity, Value, Waveform};
 
 use super::input::{cut_blocks, read_series, InputError, ScalarRow, Series};
 use super::labels::load_labels;
@@ -262,29 +262,26 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
             .rposition(|f| *f < a.window_end_ms.max(a.window_start_ms + 1))
             .unwrap_or(0)
     };
-    let mut cleared: BTreeMap<String, EpochMs> = BTreeMap::new();
+    // Per alert id: when it was cleared, and the highest severity it reached.
+    let mut cleared: BTreeMap<&str, EpochMs> = BTreeMap::new();
+    let mut highest: BTreeMap<&str, Severity> = BTreeMap::new();
     for a in &out.alerts {
         if let (AlertKind::Cleared, Some(c)) = (a.kind, a.cleared_ms) {
-            cleared.insert(a.id.clone(), c);
+            cleared.insert(&a.id, c);
         }
+        let h = highest.entry(&a.id).or_insert(a.severity);
+        *h = (*h).max(a.severity);
     }
     let mut alerts = Vec::new();
     let mut per_input: Vec<Detections> = played.iter().map(|_| Detections::new()).collect();
     for a in out.alerts.iter().filter(|a| a.kind == AlertKind::Raised) {
         let src = source_of(a);
         per_input[src].push(a.raised_ms);
-        // The highest severity the alert reached.
-        let severity = out
-            .alerts
-            .iter()
-            .filter(|e| e.id == a.id)
-            .map(|e| e.severity)
-            .max()
-            .unwrap_or(a.severity);
+        let severity = highest.get(a.id.as_str()).copied().unwrap_or(a.severity);
         alerts.push(ReportAlert {
             id: a.id.clone(),
             raised_at: rfc3339(a.raised_ms),
-            cleared_at: cleared.get(&a.id).map(|c| rfc3339(*c)),
+            cleared_at: cleared.get(a.id.as_str()).map(|c| rfc3339(*c)),
             severity: severity.to_string(),
             detector: a.detector.clone(),
             feature: a.feature.clone(),

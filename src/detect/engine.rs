@@ -18,7 +18,7 @@ use super::baseline::{Learned, Volatility};
 use super::evaluate::evaluate;
 use super::features::Moments;
 use super::spectrum::{BlockSpectrum, Spectrum};
-use super::window::{Admit, Windows};
+use super::window::{Admit, Open, Windows};
 
 /// What one call produced.
 #[derive(Debug, Default)]
@@ -108,16 +108,41 @@ pub struct Engine {
     spectrum: Spectrum,
     counters: DetectCounters,
     dirty: Vec<String>,
+    /// Reused to look streams up without allocating a key per reading.
+    key_buf: String,
 }
 
 /// Key of a stream in maps and in the store: `device NUL metric` (names are
 /// topic-safe, so they never hold a NUL).
-pub fn stream_key(device: &str, metric: &str) -> String {
-    let mut k = String::with_capacity(device.len() + metric.len() + 1);
-    k.push_str(device);
-    k.push('\0');
-    k.push_str(metric);
-    k
+fn stream_key(buf: &mut String, device: &str, metric: &str) {
+    buf.clear();
+    buf.push_str(device);
+    buf.push('\0');
+    buf.push_str(metric);
+}
+
+impl Stream {
+    /// Features, detectors and alert state of each closed window, in order.
+    fn evaluate_all(
+        &mut self,
+        settings: &StreamSettings,
+        closed: Vec<Open<Accum>>,
+        counters: &mut DetectCounters,
+        out: &mut Output,
+    ) {
+        for w in closed {
+            counters.windows += 1;
+            evaluate(
+                &self.device,
+                &self.metric,
+                settings,
+                &mut self.state,
+                w,
+                counters,
+                out,
+            );
+        }
+    }
 }
 
 impl Engine {
@@ -128,6 +153,7 @@ impl Engine {
             spectrum: Spectrum::new(),
             counters: DetectCounters::default(),
             dirty: Vec::new(),
+            key_buf: String::new(),
         }
     }
 
@@ -194,8 +220,8 @@ impl Engine {
     /// Run one reading through its stream's windows and detectors.
     pub fn process(&mut self, r: &Reading, now_ms: EpochMs, out: &mut Output) {
         self.counters.readings += 1;
-        let key = stream_key(&r.device, &r.metric);
-        if !self.streams.contains_key(&key) {
+        stream_key(&mut self.key_buf, &r.device, &r.metric);
+        if !self.streams.contains_key(self.key_buf.as_str()) {
             let settings = Arc::new(self.registry.stream_settings(&r.device, &r.metric));
             let state = StreamState {
                 windows: Windows::new(settings.window),
@@ -209,7 +235,7 @@ impl Engine {
                 conditions: BTreeMap::new(),
             };
             self.streams.insert(
-                key.clone(),
+                self.key_buf.clone(),
                 Stream {
                     device: r.device.clone(),
                     metric: r.metric.clone(),
@@ -224,12 +250,13 @@ impl Engine {
             spectrum,
             counters,
             dirty,
+            key_buf,
             ..
         } = self;
-        let stream = streams.get_mut(&key).expect("inserted above");
+        let stream = streams.get_mut(key_buf.as_str()).expect("inserted above");
         if !stream.dirty {
             stream.dirty = true;
-            dirty.push(key);
+            dirty.push(key_buf.clone());
         }
         let settings = stream.settings.clone();
         let st = &mut stream.state;
@@ -291,17 +318,7 @@ impl Engine {
         let mut closed = Vec::new();
         st.windows
             .drain_final(settings.allowed_lateness_ms, &mut closed);
-        for w in closed {
-            counters.windows += 1;
-            evaluate(
-                stream_ref(&stream.device, &stream.metric),
-                &settings,
-                st,
-                w,
-                counters,
-                out,
-            );
-        }
+        stream.evaluate_all(&settings, closed, counters, out);
     }
 
     /// Work driven by processing time alone: close the windows of streams
@@ -315,46 +332,40 @@ impl Engine {
         } = self;
         for (key, stream) in streams.iter_mut() {
             let settings = stream.settings.clone();
-            let st = &mut stream.state;
-            let (Some(seen), Some(newest)) = (st.seen_at_ms, st.newest_ms) else {
+            let (Some(seen), Some(newest)) = (stream.state.seen_at_ms, stream.state.newest_ms)
+            else {
                 continue;
             };
             let quiet = now_ms - seen;
             let mut changed = false;
-            if st.windows.has_open() {
+            if stream.state.windows.has_open() {
                 // Event time as it would be now had the sensor kept sending:
                 // its clock, advanced by the processing time since it spoke.
                 let event_now = newest + quiet;
                 let mut closed = Vec::new();
                 match settings.window {
                     WindowSpec::Time { .. } => {
-                        st.windows.drain_final_at(
+                        stream.state.windows.drain_final_at(
                             event_now.saturating_sub(settings.allowed_lateness_ms),
                             &mut closed,
                         );
                     }
                     WindowSpec::Count { length, .. } => {
-                        let fill = (st.interval_ms * length as f64) as EpochMs;
+                        let fill = (stream.state.interval_ms * length as f64) as EpochMs;
                         if quiet > fill.max(1) + settings.allowed_lateness_ms {
-                            st.windows.drain_all(&mut closed);
+                            stream.state.windows.drain_all(&mut closed);
                         }
                     }
                 }
-                for w in closed {
-                    changed = true;
-                    counters.windows += 1;
-                    evaluate(
-                        stream_ref(&stream.device, &stream.metric),
-                        &settings,
-                        st,
-                        w,
-                        counters,
-                        out,
-                    );
-                }
+                changed = !closed.is_empty();
+                stream.evaluate_all(&settings, closed, counters, out);
             }
             if let Some(limit) = settings.silent_after_ms {
-                let cond = st.conditions.entry(SILENCE.to_string()).or_default();
+                let cond = stream
+                    .state
+                    .conditions
+                    .entry(SILENCE.to_string())
+                    .or_default();
                 if quiet > limit && !cond.is_active() {
                     let check = silence_check(quiet, limit, Some(Severity::Warning));
                     let ctx = Context {
@@ -402,15 +413,6 @@ fn fingerprint(rate: f64, samples: &[f32]) -> u64 {
     h
 }
 
-pub(super) struct StreamRef<'a> {
-    pub device: &'a str,
-    pub metric: &'a str,
-}
-
-fn stream_ref<'a>(device: &'a str, metric: &'a str) -> StreamRef<'a> {
-    StreamRef { device, metric }
-}
-
 pub(super) fn context<'a>(device: &'a str, metric: &'a str, s: &'a StreamSettings) -> Context<'a> {
     Context {
         device,
@@ -420,3 +422,7 @@ pub(super) fn context<'a>(device: &'a str, metric: &'a str, s: &'a StreamSetting
         clear_after: s.clear_after,
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -7,13 +7,14 @@ use crate::config::StreamSettings;
 use crate::model::{Aggregate, AlertKind};
 
 use super::alert::Check;
-use super::engine::{context, Accum, DetectCounters, Output, StreamRef, StreamState};
+use super::engine::{context, Accum, DetectCounters, Output, StreamState};
 use super::rules;
 use super::window::Open;
 
 /// Features, detectors and alert state of one closed window.
 pub(super) fn evaluate(
-    stream: StreamRef,
+    device: &str,
+    metric: &str,
     settings: &StreamSettings,
     st: &mut StreamState,
     w: Open<Accum>,
@@ -131,7 +132,7 @@ pub(super) fn evaluate(
         }
     }
 
-    let ctx = context(stream.device, stream.metric, settings);
+    let ctx = context(device, metric, settings);
     for check in &checks {
         let key = format!("{}/{}", check.detector, check.feature);
         let cond = st.conditions.entry(key).or_default();
@@ -145,8 +146,8 @@ pub(super) fn evaluate(
         }
     }
     out.aggregates.push(Aggregate {
-        device: stream.device.to_string(),
-        metric: stream.metric.to_string(),
+        device: device.to_string(),
+        metric: metric.to_string(),
         start_ms: w.start_ms,
         end_ms: w.end_ms,
         features,

@@ -15,5 +15,5 @@ pub mod spectrum;
 pub mod stage;
 pub mod window;
 
-pub use engine::{stream_key, DetectCounters, Engine, Output, StreamState};
+pub use engine::{DetectCounters, Engine, Output, StreamState};
 pub use stage::{run as run_stage, DetectMetrics, Task as DetectTask};

@@ -23,7 +23,13 @@ pub fn limit(limit: &Limit, value: f64) -> Check {
     };
     let above = side(value, limit.warning_above, limit.alarm_above, 1.0);
     let below = side(value, limit.warning_below, limit.alarm_below, -1.0);
-    for (found, note) in [(above, "above"), (below, "below")] {
+    worst(&mut check, [(above, "above"), (below, "below")]);
+    check
+}
+
+/// Put the more severe of two sides' findings into `check`.
+fn worst(check: &mut Check, sides: [(Option<(Severity, f64, f64)>, &'static str); 2]) {
+    for (found, note) in sides {
         if let Some((sev, lim, score)) = found {
             if Some(sev) > check.severity {
                 check.severity = Some(sev);
@@ -33,7 +39,6 @@ pub fn limit(limit: &Limit, value: f64) -> Check {
             }
         }
     }
-    check
 }
 
 /// `dir` = 1 for upper limits, −1 for lower ones.
@@ -105,16 +110,7 @@ pub fn rate(rule: &RateLimit, value: f64, per_min: f64) -> Check {
         score: 0.0,
         note: if per_min >= 0.0 { "rising" } else { "falling" },
     };
-    for (found, note) in [(rise, "rising"), (fall, "falling")] {
-        if let Some((sev, lim, score)) = found {
-            if Some(sev) > check.severity {
-                check.severity = Some(sev);
-                check.limit = Some(lim);
-                check.score = score;
-                check.note = note;
-            }
-        }
-    }
+    worst(&mut check, [(rise, "rising"), (fall, "falling")]);
     check
 }
 

@@ -53,14 +53,6 @@ pub struct Task {
     pub metrics: Arc<DetectMetrics>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DetectError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("a detection thread failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
-}
-
 fn wall_ms() -> EpochMs {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

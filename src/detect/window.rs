@@ -168,10 +168,6 @@ impl<A: Default> Windows<A> {
         !self.open.is_empty()
     }
 
-    pub fn open_windows(&self) -> usize {
-        self.open.len()
-    }
-
     fn close_front(&mut self, out: &mut Vec<Open<A>>) {
         if let Some(w) = self.open.pop_front() {
             if matches!(self.spec, WindowSpec::Time { .. }) {

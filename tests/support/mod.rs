@@ -431,3 +431,20 @@ pub fn rand_u64() -> u64 {
     x ^= x << 17;
     x
 }
+
+/// Run `vigil backtest ARGS --json INPUTS` and parse its JSON report.
+pub fn backtest_json(args: &[&str], inputs: &[PathBuf]) -> serde_json::Value {
+    let out = vigil_cmd()
+        .arg("backtest")
+        .args(args)
+        .arg("--json")
+        .args(inputs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "backtest failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("backtest --json prints one JSON document")
+}
