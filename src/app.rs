@@ -1,5 +1,6 @@
 //! The one place that creates channels and spawns stages, in flow order:
-//! local broker → ingest (event loop task → writer task) → store → detect.
+//! local broker → ingest (event loop task → writer task) → store → detect
+//! → forward → upstream broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::detect::{self, DetectMetrics};
+use crate::forward::{self, ForwardMetrics};
 use crate::ingest::{
     self, IngestMetrics, MemoryBudget, WriterConfig, INBOUND_CAPACITY, MEMORY_BUDGET_BYTES,
 };
@@ -25,6 +27,8 @@ pub enum AppError {
     Store { path: String, source: StoreError },
     #[error(transparent)]
     Mqtt(#[from] ingest::MqttError),
+    #[error(transparent)]
+    Forward(#[from] forward::ForwardError),
     #[error("a stage failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -35,6 +39,7 @@ pub struct Running {
     store_path: String,
     metrics: Arc<IngestMetrics>,
     detect_metrics: Arc<DetectMetrics>,
+    forward_metrics: Arc<ForwardMetrics>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -100,19 +105,41 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
 
     // Detect: tails the readings log (woken by each commit) → outbox.
     let detect_metrics = Arc::new(DetectMetrics::default());
+    let (outbox_tx, outbox_rx) = watch::channel(0u64);
     tasks.spawn(detect::run_stage(detect::DetectTask {
         store: store.clone(),
         registry: config.devices.clone(),
         committed_rx,
-        shutdown: shutdown_rx,
+        outbox_tx,
+        shutdown: shutdown_rx.clone(),
         metrics: detect_metrics.clone(),
     }));
+
+    // Forward: outbox (woken by each detection commit) → upstream broker.
+    let forward_metrics = Arc::new(ForwardMetrics::default());
+    match &config.upstream {
+        Some(upstream) => {
+            let (client, eventloop) = forward::connect(upstream)?;
+            tasks.spawn(forward::run(forward::Task {
+                store: store.clone(),
+                config: upstream.clone(),
+                gateway_id: config.gateway_id.clone(),
+                eventloop,
+                client,
+                outbox_rx,
+                shutdown: shutdown_rx,
+                metrics: forward_metrics.clone(),
+            }));
+        }
+        None => info!("no [upstream] configured: alerts and aggregates stay in the outbox"),
+    }
 
     Ok(Running {
         store,
         store_path,
         metrics,
         detect_metrics,
+        forward_metrics,
         shutdown_tx,
         tasks,
     })
@@ -129,6 +156,10 @@ impl Running {
 
     pub fn detect_metrics(&self) -> &Arc<DetectMetrics> {
         &self.detect_metrics
+    }
+
+    pub fn forward_metrics(&self) -> &Arc<ForwardMetrics> {
+        &self.forward_metrics
     }
 
     /// Ask every stage to finish its current batch, then wait for them.

@@ -269,10 +269,13 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 Inspect::Alerts => Lane::Alerts,
                 _ => Lane::Aggregates,
             };
-            for (seq, entry) in store.last_outbox(lane, last)? {
-                let line = match entry {
+            for item in store.last_outbox(lane, last)? {
+                let seq = item.seq;
+                let message_id = vigil::forward::message_id(&config.gateway_id, lane, item.id);
+                let line = match item.entry {
                     OutboxEntry::Alert(a) => json!({
                         "seq": seq,
+                        "message_id": message_id,
                         "id": a.id,
                         "kind": a.kind.as_str(),
                         "device": a.device,
@@ -290,10 +293,12 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                     }),
                     OutboxEntry::Aggregate(g) => json!({
                         "seq": seq,
+                        "message_id": message_id,
                         "device": g.device,
                         "metric": g.metric,
                         "start": rfc3339(g.start_ms),
                         "end": rfc3339(g.end_ms),
+                        "windows": g.windows,
                         "features": g.features,
                     }),
                 };
@@ -335,6 +340,13 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "outbox_alerts": stats.outbox[0],
                 "outbox_aggregates": stats.outbox[1],
                 "outbox_bytes": stats.outbox_bytes[0] + stats.outbox_bytes[1],
+                "delivered_alerts_total": stats.counters.delivered[0],
+                "delivered_aggregates_total": stats.counters.delivered[1],
+                "aggregates_merged_total": stats.counters.aggregates_merged,
+                "aggregate_merges_total": stats.counters.aggregate_merges,
+                "aggregates_dropped_total": stats.counters.aggregates_dropped,
+                "aggregate_windows_dropped_total": stats.counters.aggregate_windows_dropped,
+                "alerts_dropped_total": stats.counters.alerts_dropped,
             });
             writeln!(out, "{line}")?;
         }

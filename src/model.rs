@@ -221,6 +221,14 @@ pub struct Aggregate {
     /// Feature name → value; features undefined for the window (e.g. the
     /// standard deviation of one reading) are absent.
     pub features: std::collections::BTreeMap<String, f64>,
+    /// Detection windows summarised: 1, or more once the store has merged
+    /// old aggregates into coarser ones to make room.
+    #[serde(default = "one")]
+    pub windows: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Encode `Vec<u8>` as a CBOR byte string rather than an array of integers.

@@ -80,7 +80,7 @@ async fn full_budget_pauses_ingest_until_detection_frees_space() {
         .outbox(Lane::Aggregates, 0, 100)
         .unwrap()
         .into_iter()
-        .map(|(_, e)| match e {
+        .map(|item| match item.entry {
             OutboxEntry::Aggregate(a) => a.features["count"],
             OutboxEntry::Alert(a) => panic!("unexpected alert {a:?}"),
         })

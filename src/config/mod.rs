@@ -10,6 +10,7 @@ mod detection_vibration;
 mod devices;
 mod diag;
 mod topic;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};
 pub use topic::{check_name, filter_matches, validate_filter, TopicIds, TopicTemplate};
+pub use upstream::{Encoding, OutTopic, UpstreamConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub subscriptions: Vec<Subscription>,
     pub store: StoreConfig,
+    /// Where alerts and aggregates go; without it they stay in the outbox
+    /// (within the store's budget).
+    pub upstream: Option<UpstreamConfig>,
     pub devices_dir: PathBuf,
     pub devices: DeviceRegistry,
 }
@@ -102,6 +107,9 @@ pub struct StoreConfig {
     pub flush_max_readings: usize,
     pub dead_letter_max: usize,
     pub dead_letter_max_bytes: u64,
+    /// Hard cap of the alerts outbox: alerts give way (oldest first) only
+    /// when the store is full and they use more than this.
+    pub alerts_max_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +121,7 @@ struct RawConfig {
     broker: Option<RawBroker>,
     subscriptions: Option<Vec<RawSubscription>>,
     store: Option<RawStore>,
+    upstream: Option<upstream::RawUpstream>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +166,7 @@ struct RawStore {
     flush_max_readings: Option<u64>,
     dead_letter_max: Option<u64>,
     dead_letter_max_bytes: Option<u64>,
+    alerts_max_bytes: Option<u64>,
 }
 
 /// Load and validate `vigil.toml` and the device files it points to.
@@ -282,6 +292,9 @@ fn validate(
     }
 
     let store = validate_store(src, base, raw.store, errors);
+    let upstream = raw
+        .upstream
+        .and_then(|u| upstream::validate(src, base, u, &gateway_id, errors));
 
     // Device files are optional: a missing default directory means none; a
     // directory named in the file must exist.
@@ -302,6 +315,7 @@ fn validate(
         broker: broker?,
         subscriptions,
         store: store?,
+        upstream,
         devices_dir,
         devices: devices?,
     })
@@ -321,36 +335,62 @@ fn validate_broker(
         ));
         return None;
     };
+    validate_connection(
+        src,
+        base,
+        "broker",
+        raw,
+        &format!("vigil-{gateway_id}"),
+        errors,
+    )
+}
+
+/// The connection settings shared by `[broker]` and `[upstream]`; `section`
+/// names the table in messages.
+fn validate_connection(
+    src: &Source,
+    base: &Path,
+    section: &str,
+    raw: RawBroker,
+    default_client_id: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BrokerConfig> {
+    let key = |k: &str| format!("{section}.{k}");
+    let role = if section == "broker" {
+        "local"
+    } else {
+        "upstream"
+    };
     let start = errors.len();
     let host = raw.host.unwrap_or_default();
     if host.is_empty() {
         errors.push(src.at(
-            "broker.host",
-            "missing; expected the local broker's host name or address",
+            &key("host"),
+            format!("missing; expected the {role} broker's host name or address"),
         ));
     }
     let keepalive_s = raw.keepalive_s.unwrap_or(30);
     if !(5..=65535).contains(&keepalive_s) {
         errors.push(src.at(
-            "broker.keepalive_s",
+            &key("keepalive_s"),
             format!("{keepalive_s} is out of range; expected 5 to 65535 seconds"),
         ));
     }
     let client_id = raw
         .client_id
-        .unwrap_or_else(|| format!("vigil-{gateway_id}"));
+        .unwrap_or_else(|| default_client_id.to_string());
     if client_id.is_empty() || client_id.len() > 65535 {
-        errors.push(src.at("broker.client_id", "expected a non-empty client id; it must stay the same across restarts so the broker keeps vigil's session"));
+        errors.push(src.at(&key("client_id"), "expected a non-empty client id; it must stay the same across restarts so the broker keeps vigil's session"));
     }
     let credentials = match (raw.username, raw.password, raw.password_file) {
         (None, None, None) => None,
         (None, _, _) => {
-            errors.push(src.at("broker.username", "missing; a password needs a username"));
+            errors.push(src.at(&key("username"), "missing; a password needs a username"));
             None
         }
         (Some(_), Some(_), Some(_)) => {
             errors.push(src.at(
-                "broker.password_file",
+                &key("password_file"),
                 "set either `password` or `password_file`, not both",
             ));
             None
@@ -366,7 +406,7 @@ fn validate_broker(
                 }),
                 Ok(_) => {
                     errors.push(src.at(
-                        "broker.password_file",
+                        &key("password_file"),
                         format!(
                             "{} is empty; expected the password on its first line",
                             file.display()
@@ -376,7 +416,7 @@ fn validate_broker(
                 }
                 Err(e) => {
                     errors.push(src.at(
-                        "broker.password_file",
+                        &key("password_file"),
                         format!("cannot read {}: {e}", file.display()),
                     ));
                     None
@@ -386,15 +426,15 @@ fn validate_broker(
     };
     let tls = raw
         .tls
-        .and_then(|t| validate_tls(src, base, "broker.tls", t, errors));
+        .and_then(|t| validate_tls(src, base, &key("tls"), t, errors));
     let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
     if port == 0 {
-        errors.push(src.at("broker.port", "0 is not a port; expected 1 to 65535"));
+        errors.push(src.at(&key("port"), "0 is not a port; expected 1 to 65535"));
     }
     let max_payload_bytes = raw.max_payload_bytes.unwrap_or(1 << 20);
     if !(64..=(64 << 20)).contains(&max_payload_bytes) {
         errors.push(src.at(
-            "broker.max_payload_bytes",
+            &key("max_payload_bytes"),
             format!("{max_payload_bytes} is out of range; expected 64 bytes to 64 MiB"),
         ));
     }
@@ -402,12 +442,12 @@ fn validate_broker(
     let reconnect_max_ms = raw.reconnect_max_ms.unwrap_or(30_000);
     if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
         // Blame the key the user wrote (the other may be a default).
-        let key = if raw.reconnect_max_ms.is_some() && raw.reconnect_min_ms.is_none() {
-            "broker.reconnect_max_ms"
+        let k = if raw.reconnect_max_ms.is_some() && raw.reconnect_min_ms.is_none() {
+            "reconnect_max_ms"
         } else {
-            "broker.reconnect_min_ms"
+            "reconnect_min_ms"
         };
-        errors.push(src.at(key, format!(
+        errors.push(src.at(&key(k), format!(
             "expected 0 < reconnect_min_ms ({reconnect_min_ms}) <= reconnect_max_ms ({reconnect_max_ms})"
         )));
     }
@@ -595,6 +635,20 @@ fn validate_store(
             "{dead_letter_max_bytes} is out of range; expected at least 1024 and less than store.budget_bytes ({budget_bytes})"
         )));
     }
+    // Default: half of what the dead letters leave. With the dead letters'
+    // bound it must leave room for readings, or a full store could hold
+    // nothing but those two and ingest would stay paused.
+    let alerts_max_bytes = raw
+        .alerts_max_bytes
+        .unwrap_or(budget_bytes.saturating_sub(dead_letter_max_bytes) / 2);
+    if alerts_max_bytes < 1024 || alerts_max_bytes + dead_letter_max_bytes >= budget_bytes {
+        errors.push(src.at(
+            if raw.alerts_max_bytes.is_some() { "store.alerts_max_bytes" } else { "store.dead_letter_max_bytes" },
+            format!(
+                "alerts_max_bytes ({alerts_max_bytes}) plus dead_letter_max_bytes ({dead_letter_max_bytes}) must stay below store.budget_bytes ({budget_bytes}), and alerts_max_bytes at least 1024"
+            ),
+        ));
+    }
     if errors.len() > start {
         return None;
     }
@@ -605,6 +659,7 @@ fn validate_store(
         flush_max_readings: flush_max_readings as usize,
         dead_letter_max: dead_letter_max as usize,
         dead_letter_max_bytes,
+        alerts_max_bytes,
     })
 }
 

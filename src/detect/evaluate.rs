@@ -151,6 +151,7 @@ pub(super) fn evaluate(
         start_ms: w.start_ms,
         end_ms: w.end_ms,
         features,
+        windows: 1,
     });
 }
 

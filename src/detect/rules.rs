@@ -27,8 +27,12 @@ pub fn limit(limit: &Limit, value: f64) -> Check {
     check
 }
 
+/// What one side of a limit found (severity, the limit crossed, score), and
+/// the word for that side.
+type Side = (Option<(Severity, f64, f64)>, &'static str);
+
 /// Put the more severe of two sides' findings into `check`.
-fn worst(check: &mut Check, sides: [(Option<(Severity, f64, f64)>, &'static str); 2]) {
+fn worst(check: &mut Check, sides: [Side; 2]) {
     for (found, note) in sides {
         if let Some((sev, lim, score)) = found {
             if Some(sev) > check.severity {

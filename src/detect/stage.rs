@@ -3,8 +3,9 @@
 //! the outputs in one store transaction. On start it resumes from the last
 //! such transaction, learned baselines and open alerts included.
 //!
-//! When the store is full, readings detection has already consumed are
-//! trimmed (oldest first) so that ingest can go on.
+//! When the store is full, it makes room (`Store::make_room`: consumed
+//! readings, then old aggregates, then alerts over their cap) so that ingest
+//! can go on. Each commit that adds to the outbox wakes the forwarder.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct Task {
     pub registry: DeviceRegistry,
     /// Sequence number after the newest committed reading (from ingest).
     pub committed_rx: watch::Receiver<u64>,
+    /// Bumped after each commit that added alerts or aggregates to the outbox.
+    pub outbox_tx: watch::Sender<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<DetectMetrics>,
 }
@@ -128,6 +131,7 @@ pub async fn run(task: Task) {
         store,
         registry,
         mut committed_rx,
+        outbox_tx,
         mut shutdown,
         metrics,
     } = task;
@@ -190,6 +194,9 @@ pub async fn run(task: Task) {
                 metrics
                     .readings_skipped
                     .fetch_add(s.skipped, Ordering::Relaxed);
+                if s.outputs > 0 {
+                    outbox_tx.send_modify(|n| *n += 1);
+                }
                 let n = s.cursor - cursor;
                 cursor = s.cursor;
                 n
@@ -226,6 +233,8 @@ pub async fn run(task: Task) {
 
 struct StepResult {
     cursor: u64,
+    /// Alert transitions and aggregates committed to the outbox.
+    outputs: u64,
     aggregates: u64,
     raised: u64,
     cleared: u64,
@@ -266,6 +275,7 @@ fn step(
     if next == cursor && out.is_empty() && !tick {
         return Ok(StepResult {
             cursor,
+            outputs: 0,
             aggregates: 0,
             raised: 0,
             cleared: 0,
@@ -285,22 +295,16 @@ fn step(
         .filter(|a| a.kind == AlertKind::Cleared)
         .count() as u64;
     let aggregates = out.aggregates.len() as u64;
+    let outputs = aggregates + out.alerts.len() as u64;
     let commit = commit_of(engine, next, out);
     if next != cursor || !commit.alerts.is_empty() || !commit.aggregates.is_empty() {
         store.commit_detection(&commit)?;
     }
-    let mut trimmed = 0;
-    if store.is_full() {
-        trimmed = store.trim_before(next)?;
-        if trimmed > 0 {
-            info!(
-                trimmed,
-                "store full: removed readings detection has already processed"
-            );
-        }
-    }
+    // Logged and counted by the store.
+    let trimmed = store.make_room(next)?.readings_trimmed;
     Ok(StepResult {
         cursor: next,
+        outputs,
         aggregates,
         raised,
         cleared,

@@ -6,18 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeReasonCode, Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::ratelimit::RateLimit;
 use super::route::{route, Outcome};
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
-use crate::backoff::Backoff;
 use crate::config::{BrokerConfig, Subscription};
+use crate::link::Link;
 use crate::model::{EpochMs, Reason};
 
 /// How long shutdown waits for the last acks to reach the broker.
@@ -34,31 +31,18 @@ const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Acks and subscriptions waiting for the event loop. The writer never waits
 /// for room here (it keeps acks that do not fit and retries).
 const REQUEST_CAPACITY: usize = 4096;
-/// A connection that lasted this long resets the reconnect backoff; a link
-/// that drops right after connecting keeps backing off instead of flapping.
-const STABLE_LINK: Duration = Duration::from_secs(10);
 
 /// Build the client and event loop for the local broker.
 pub fn connect(broker: &BrokerConfig) -> Result<(AsyncClient, EventLoop), MqttError> {
-    let mut opts = MqttOptions::new(broker.client_id.clone(), broker.host.clone(), broker.port);
-    opts.set_keep_alive(broker.keepalive)
-        // Persistent session: the broker queues QoS 1 messages while vigil is down.
-        .set_clean_session(false)
+    let mut opts = crate::link::options(broker).map_err(MqttError::Tls)?;
+    // Persistent session: the broker queues QoS 1 messages while vigil is down.
+    opts.set_clean_session(false)
         .set_manual_acks(true)
         // Accept any packet MQTT allows: a payload over our own limit must reach
         // `route` to be dead-lettered. Refusing it here would break the
         // connection and the broker would redeliver it forever. (The broker's
         // `message_size_limit` is what bounds the memory one packet can take.)
         .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20);
-    if let Some(c) = &broker.credentials {
-        opts.set_credentials(c.username.clone(), c.password.clone().unwrap_or_default());
-    }
-    if let Some(files) = &broker.tls {
-        let config = crate::tls::client_config(files).map_err(MqttError::Tls)?;
-        opts.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(config),
-        ));
-    }
     opts.set_request_channel_capacity(REQUEST_CAPACITY);
     Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
 }
@@ -68,48 +52,6 @@ fn now_ms() -> EpochMs {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as EpochMs)
         .unwrap_or(0)
-}
-
-/// Connection state, so each change is logged once.
-#[derive(PartialEq)]
-enum Link {
-    Starting,
-    /// Since when.
-    Up(Instant),
-    /// Since when, and what kind of failure (a new kind is a new state).
-    Down(Instant, Failure),
-}
-
-/// Kinds of connection failure, each with its own advice to the operator.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Failure {
-    Credentials,
-    Tls,
-    Network,
-}
-
-impl Failure {
-    fn of(e: &rumqttc::ConnectionError) -> Failure {
-        use rumqttc::ConnectionError::{ConnectionRefused, Tls};
-        let msg = e.to_string();
-        if matches!(
-            e,
-            ConnectionRefused(
-                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
-            )
-        ) {
-            Failure::Credentials
-        } else if matches!(e, Tls(_))
-            || msg.contains("certificate")
-            || msg.contains("Certificate")
-            || msg.contains("fatal alert")
-        {
-            // rumqttc reports some handshake failures as I/O errors; the text tells.
-            Failure::Tls
-        } else {
-            Failure::Network
-        }
-    }
 }
 
 pub struct Task {
@@ -138,10 +80,8 @@ pub async fn run(task: Task) {
         writer_done,
         metrics,
     } = task;
-    let addr = format!("{}:{}", broker.host, broker.port);
-    let mut link = Link::Starting;
-    let seed = now_ms() as u64 ^ u64::from(std::process::id());
-    let mut backoff = Backoff::new(broker.reconnect_min, broker.reconnect_max, seed);
+    let mut link = Link::new("local", "broker", &broker);
+    let addr = link.addr().to_string();
     let mut warnings = RateLimit::new(Duration::from_secs(10));
     info!(broker = %addr, client_id = %broker.client_id, "connecting to the local broker");
 
@@ -152,16 +92,9 @@ pub async fn run(task: Task) {
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                match link {
-                    Link::Down(since, _) => {
-                        metrics.reconnects.fetch_add(1, Ordering::Relaxed);
-                        info!(broker = %addr, session_present = ack.session_present, outage_s = since.elapsed().as_secs_f64(), "connected to the local broker");
-                    }
-                    _ => {
-                        info!(broker = %addr, session_present = ack.session_present, "connected to the local broker")
-                    }
+                if link.up(ack.session_present) {
+                    metrics.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                link = Link::Up(Instant::now());
                 metrics.connection.fetch_add(1, Ordering::Relaxed);
                 metrics.connected.store(true, Ordering::Relaxed);
                 // Subscribe even when the session was resumed: the configured
@@ -233,34 +166,7 @@ pub async fn run(task: Task) {
             Err(e) => {
                 metrics.connected.store(false, Ordering::Relaxed);
                 metrics.subscribed.store(false, Ordering::Relaxed);
-                if matches!(link, Link::Up(since) if since.elapsed() >= STABLE_LINK) {
-                    backoff.reset();
-                }
-                let failure = Failure::of(&e);
-                match link {
-                    Link::Down(_, f) if f == failure => {
-                        debug!(broker = %addr, error = %e, "still cannot reach the local broker")
-                    }
-                    _ => {
-                        match failure {
-                            Failure::Credentials => {
-                                error!(broker = %addr, error = %e, "the local broker refused vigil's credentials; check broker.username and the password; retrying")
-                            }
-                            Failure::Tls => {
-                                error!(broker = %addr, error = %e, "TLS with the local broker failed; check broker.tls (CA file, client certificate and key); retrying")
-                            }
-                            Failure::Network => {
-                                warn!(broker = %addr, error = %e, "local broker unreachable; retrying with backoff")
-                            }
-                        }
-                        let since = match link {
-                            Link::Down(since, _) => since,
-                            _ => Instant::now(),
-                        };
-                        link = Link::Down(since, failure);
-                    }
-                }
-                let delay = backoff.next_delay();
+                let delay = link.down(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break 'run,
@@ -274,7 +180,7 @@ pub async fn run(task: Task) {
     drop(inbound_tx);
     let drain = async {
         let mut writer_done = writer_done;
-        if matches!(link, Link::Up(_)) {
+        if link.is_up() {
             loop {
                 tokio::select! {
                     _ = &mut writer_done => break,

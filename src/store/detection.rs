@@ -4,8 +4,7 @@
 //!
 //! - `checkpoints`: UTF-8 key → opaque bytes (detection owns the format);
 //!   the cursor is the entry under `CURSOR_KEY`.
-//! - `outbox_alerts`, `outbox_aggregates`: big-endian u64 sequence → CBOR
-//!   `AlertEvent` / `Aggregate`, oldest first.
+//! - `outbox_alerts`, `outbox_aggregates`: see `outbox.rs`.
 //!
 //! The commit does not fsync: the transaction is atomic, so after a crash
 //! either all of it or none of it is there, and none of it means detection
@@ -13,29 +12,15 @@
 //! ids come from event times). The next ingest group commit, or shutdown,
 //! makes it durable.
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::model::{Aggregate, AlertEvent};
 
-use super::{finish, from_cbor, key, seq_of, to_cbor, Store, StoreError, META_KEY};
+use super::outbox::{encode_entry, Lane, OutboxEntry};
+use super::{finish, from_cbor, key, to_cbor, Store, StoreError, META_KEY};
 
 const CURSOR_KEY: &[u8] = b"\0cursor";
-
-/// The two outbox lanes; alerts go out first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    Alerts = 0,
-    Aggregates = 1,
-}
-
-/// One outbox entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum OutboxEntry {
-    Alert(AlertEvent),
-    Aggregate(Aggregate),
-}
 
 /// What one detection batch writes.
 #[derive(Debug, Default)]
@@ -87,7 +72,8 @@ impl Store {
             );
         for (lane, entry) in entries {
             let l = lane as usize;
-            let value = to_cbor("outbox entry", &entry)?;
+            // A new entry's id is its sequence number (see `outbox.rs`).
+            let value = encode_entry(next.next_outbox[l], &entry)?;
             next.outbox_bytes[l] += 8 + value.len() as u64;
             next.outbox_count[l] += 1;
             lanes[l].push((key(next.next_outbox[l]), value));
@@ -118,37 +104,6 @@ impl Store {
         finish(result)?;
         *meta = next;
         Ok(())
-    }
-
-    /// Outbox entries of `lane` with sequence numbers `>= from`, oldest first.
-    pub fn outbox(
-        &self,
-        lane: Lane,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.inner.outbox[lane as usize]
-            .range(key(from)..)
-            .take(limit)
-        {
-            let (k, v) = entry?;
-            let seq = seq_of(&k);
-            out.push((seq, from_cbor("outbox entry", seq, &v)?));
-        }
-        Ok(out)
-    }
-
-    /// The last `n` entries of `lane`, oldest first.
-    pub fn last_outbox(&self, lane: Lane, n: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.inner.outbox[lane as usize].iter().rev().take(n) {
-            let (k, v) = entry?;
-            let seq = seq_of(&k);
-            out.push((seq, from_cbor("outbox entry", seq, &v)?));
-        }
-        out.reverse();
-        Ok(out)
     }
 }
 
@@ -213,13 +168,13 @@ mod tests {
         let out = s.outbox(Lane::Alerts, 0, 10).unwrap();
         let ids: Vec<_> = out
             .iter()
-            .map(|(seq, e)| match e {
-                OutboxEntry::Alert(a) => (*seq, a.raised_ms),
+            .map(|item| match &item.entry {
+                OutboxEntry::Alert(a) => (item.seq, item.id, a.raised_ms),
                 OutboxEntry::Aggregate(_) => panic!("aggregate in the alerts lane"),
             })
             .collect();
-        assert_eq!(ids, vec![(0, 1), (1, 2), (2, 3)]);
-        assert_eq!(s.last_outbox(Lane::Alerts, 1).unwrap()[0].0, 2);
+        assert_eq!(ids, vec![(0, 0, 1), (1, 1, 2), (2, 2, 3)]);
+        assert_eq!(s.last_outbox(Lane::Alerts, 1).unwrap()[0].seq, 2);
         assert_eq!(s.stats().unwrap().outbox, [3, 0]);
     }
 }

@@ -10,18 +10,25 @@
 //!   count and bytes; the oldest are dropped first, and counted.
 //! - `meta`: sequence numbers, byte accounting and counters, written in the
 //!   same transaction as the data they describe.
-//! - `checkpoints`, `outbox_alerts`, `outbox_aggregates`: detection's cursor
-//!   and per-stream state, and what it produced (see `detection.rs`).
+//! - `checkpoints`: detection's cursor and per-stream state (`detection.rs`).
+//! - `outbox_alerts`, `outbox_aggregates`: what detection produced, until
+//!   the upstream broker acknowledges it (`outbox.rs`).
 //!
 //! Disk budget: the readings log, the outbox and the dead letters are
 //! accounted in bytes (keys + encoded values). While that total is at or above the budget,
 //! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
-//! from the broker until space is freed (`trim_before`).
+//! from the broker until space is freed (`make_room`, in the order set out in
+//! `evict.rs`).
 
 mod codec;
 mod detection;
+mod evict;
+mod merge;
+mod outbox;
 
-pub use detection::{DetectionCommit, Lane, OutboxEntry};
+pub use detection::DetectionCommit;
+pub use evict::Eviction;
+pub use outbox::{Lane, OutboxEntry, OutboxItem};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,6 +81,23 @@ pub struct Counters {
     pub dead_letters_dropped: u64,
     /// Readings removed from the log after being consumed.
     pub readings_trimmed: u64,
+    /// Outbox entries acknowledged by the upstream broker: alerts, aggregates.
+    #[serde(default)]
+    pub delivered: [u64; 2],
+    /// Aggregates merged into coarser ones to make room, and the number of
+    /// merged aggregates that made.
+    #[serde(default)]
+    pub aggregates_merged: u64,
+    #[serde(default)]
+    pub aggregate_merges: u64,
+    /// Aggregates dropped to make room, and the detection windows they held.
+    #[serde(default)]
+    pub aggregates_dropped: u64,
+    #[serde(default)]
+    pub aggregate_windows_dropped: u64,
+    /// Alerts dropped because the alerts outbox was over its hard cap.
+    #[serde(default)]
+    pub alerts_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,7 +175,10 @@ struct Inner {
     outbox: [sled::Tree; 2],
     limits: Limits,
     /// One writer at a time; the mutex also guards the in-memory copy of `Meta`.
+    /// Lock order: `meta`, then `claims`.
     meta: Mutex<Meta>,
+    /// Outbox entries the forwarder holds (see `outbox.rs`).
+    claims: Mutex<outbox::Claims>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,6 +186,7 @@ struct Limits {
     budget_bytes: u64,
     dead_letter_max: u64,
     dead_letter_max_bytes: u64,
+    alerts_max_bytes: u64,
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -256,20 +284,36 @@ fn rebuild_meta(
 impl Store {
     /// Open (or create) the store at `config.path`.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        Self::open_at(
+        Self::open_with(
             &config.path,
-            config.budget_bytes,
-            config.dead_letter_max as u64,
-            config.dead_letter_max_bytes,
+            Limits {
+                budget_bytes: config.budget_bytes,
+                dead_letter_max: config.dead_letter_max as u64,
+                dead_letter_max_bytes: config.dead_letter_max_bytes,
+                alerts_max_bytes: config.alerts_max_bytes,
+            },
         )
     }
 
+    /// Open with the default alerts cap (half of what the dead letters leave).
     pub fn open_at(
         path: &Path,
         budget_bytes: u64,
         dead_letter_max: u64,
         dead_letter_max_bytes: u64,
     ) -> Result<Store, StoreError> {
+        Self::open_with(
+            path,
+            Limits {
+                budget_bytes,
+                dead_letter_max,
+                dead_letter_max_bytes,
+                alerts_max_bytes: budget_bytes.saturating_sub(dead_letter_max_bytes) / 2,
+            },
+        )
+    }
+
+    fn open_with(path: &Path, limits: Limits) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -302,12 +346,9 @@ impl Store {
                 meta_tree,
                 checkpoints,
                 outbox,
-                limits: Limits {
-                    budget_bytes,
-                    dead_letter_max,
-                    dead_letter_max_bytes,
-                },
+                limits,
                 meta: Mutex::new(meta),
+                claims: Mutex::default(),
             }),
         })
     }
@@ -420,6 +461,8 @@ impl Store {
         // fails, so the accounting must follow it now. A retried batch then
         // gets new sequence numbers: stored twice, never counted wrong.
         *meta = next;
+        // Other writers need not wait for the fsync.
+        drop(meta);
         self.inner.db.flush()?;
         Ok(Commit::Stored {
             first_seq,
@@ -430,10 +473,20 @@ impl Store {
     /// Remove every block whose readings all have sequence numbers below `seq`.
     /// Returns the number of readings removed.
     pub fn trim_before(&self, seq: u64) -> Result<u64, StoreError> {
+        self.trim(seq, 0)
+    }
+
+    /// Remove blocks below `seq`, oldest first, until the store uses at most
+    /// `target` bytes. Not fsynced: readings that come back after a crash
+    /// are behind detection's cursor and only take space until trimmed again.
+    fn trim(&self, seq: u64, target: u64) -> Result<u64, StoreError> {
         let mut meta = self.meta();
         let mut next = meta.clone();
         let mut removals = Vec::new();
         for entry in self.inner.readings.range(..key(seq)) {
+            if next.used_bytes() <= target {
+                break;
+            }
             let (k, v) = entry?;
             let first = seq_of(&k);
             let count = block_len_at(first, &v)?;
@@ -461,7 +514,6 @@ impl Store {
         finish(result)?;
         let removed = next.counters.readings_trimmed - meta.counters.readings_trimmed;
         *meta = next;
-        self.inner.db.flush()?;
         Ok(removed)
     }
 

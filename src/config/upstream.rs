@@ -1,0 +1,247 @@
+//! `[upstream]`: the broker alerts and aggregates are forwarded to, the topics
+//! and encoding of what is sent, and how fast a backlog may drain.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{validate_connection, BrokerConfig, ConfigError, RawBroker, RawTls, Source};
+
+/// The validated `[upstream]` table.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Host, port, client id, credentials, TLS, keepalive and reconnect backoff.
+    pub connection: BrokerConfig,
+    /// Topic of alert messages; `{device}` and `{metric}` are filled per message.
+    pub alert_topic: OutTopic,
+    pub aggregate_topic: OutTopic,
+    /// Retained `online` / `offline` (the last will).
+    pub status_topic: String,
+    pub encoding: Encoding,
+    /// Messages published and not yet acknowledged, at most.
+    pub max_inflight: u16,
+    /// Most aggregate messages per second (the backlog after an outage);
+    /// alerts are never held back. `None`: as fast as the broker acks.
+    pub aggregate_rate: Option<f64>,
+    /// Forward per-window aggregates (alerts are always forwarded).
+    pub aggregates: bool,
+}
+
+/// Payload encoding of upstream messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Cbor,
+}
+
+/// A topic with `{device}` and `{metric}` left to fill; `{prefix}` and
+/// `{gateway}` are filled when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutTopic(String);
+
+impl OutTopic {
+    pub fn render(&self, device: &str, metric: &str) -> String {
+        self.0
+            .replace("{device}", device)
+            .replace("{metric}", metric)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    host: Option<String>,
+    port: Option<u16>,
+    client_id: Option<String>,
+    keepalive_s: Option<u64>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    reconnect_min_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+    tls: Option<RawTls>,
+    topic_prefix: Option<String>,
+    alert_topic: Option<String>,
+    aggregate_topic: Option<String>,
+    status_topic: Option<String>,
+    encoding: Option<String>,
+    max_inflight: Option<u64>,
+    aggregate_rate_per_s: Option<f64>,
+    aggregates: Option<bool>,
+}
+
+const DEFAULT_ALERT_TOPIC: &str = "{prefix}/{gateway}/alerts/{device}/{metric}";
+const DEFAULT_AGGREGATE_TOPIC: &str = "{prefix}/{gateway}/aggregates/{device}/{metric}";
+const DEFAULT_STATUS_TOPIC: &str = "{prefix}/{gateway}/status";
+
+/// Fill `{prefix}` and `{gateway}`, and check that what is left is a topic
+/// name (no wildcards) whose only other placeholders are in `per_message`.
+fn topic(
+    template: &str,
+    prefix: &str,
+    gateway: &str,
+    per_message: &[&str],
+) -> Result<String, String> {
+    let filled = template
+        .replace("{prefix}", prefix)
+        .replace("{gateway}", gateway);
+    let mut rest = filled.as_str();
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
+            format!("{template:?} has an unclosed `{{`; placeholders are written {{name}}")
+        })?;
+        let name = &rest[open + 1..close];
+        if !per_message.contains(&name) {
+            let mut known = vec!["prefix", "gateway"];
+            known.extend_from_slice(per_message);
+            return Err(format!(
+                "{template:?} has an unknown placeholder {{{name}}}; expected one of {}",
+                known
+                    .iter()
+                    .map(|k| format!("{{{k}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &rest[close + 1..];
+    }
+    if filled.is_empty() || filled.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "{template:?} gives {filled:?}, which is not an MQTT topic name (empty, or with a wildcard)"
+        ));
+    }
+    Ok(filled)
+}
+
+pub(super) fn validate(
+    src: &Source,
+    base: &Path,
+    raw: RawUpstream,
+    gateway_id: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<UpstreamConfig> {
+    let start = errors.len();
+    let connection = validate_connection(
+        src,
+        base,
+        "upstream",
+        RawBroker {
+            host: raw.host,
+            port: raw.port,
+            client_id: raw.client_id,
+            keepalive_s: raw.keepalive_s,
+            username: raw.username,
+            password: raw.password,
+            password_file: raw.password_file,
+            max_payload_bytes: None,
+            reconnect_min_ms: raw.reconnect_min_ms,
+            reconnect_max_ms: raw.reconnect_max_ms,
+            tls: raw.tls,
+        },
+        &format!("vigil-{gateway_id}-upstream"),
+        errors,
+    );
+    let prefix = raw.topic_prefix.unwrap_or_else(|| "vigil".into());
+    if prefix.contains(['+', '#']) || prefix.starts_with('/') || prefix.ends_with('/') {
+        errors.push(src.at(
+            "upstream.topic_prefix",
+            format!("{prefix:?} is not usable; expected topic levels without wildcards and without a leading or trailing `/`"),
+        ));
+    }
+    let mut topic_of = |key: &str, given: Option<String>, default: &str, per: &[&str]| {
+        let template = given.unwrap_or_else(|| default.to_string());
+        match topic(&template, &prefix, gateway_id, per) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(src.at(&format!("upstream.{key}"), e));
+                String::new()
+            }
+        }
+    };
+    let per_stream = ["device", "metric"];
+    let alert_topic = topic_of(
+        "alert_topic",
+        raw.alert_topic,
+        DEFAULT_ALERT_TOPIC,
+        &per_stream,
+    );
+    let aggregate_topic = topic_of(
+        "aggregate_topic",
+        raw.aggregate_topic,
+        DEFAULT_AGGREGATE_TOPIC,
+        &per_stream,
+    );
+    let status_topic = topic_of("status_topic", raw.status_topic, DEFAULT_STATUS_TOPIC, &[]);
+    let encoding = match raw.encoding.as_deref().unwrap_or("json") {
+        "json" => Encoding::Json,
+        "cbor" => Encoding::Cbor,
+        other => {
+            errors.push(src.at(
+                "upstream.encoding",
+                format!("{other:?} is not an encoding; expected \"json\" or \"cbor\""),
+            ));
+            Encoding::Json
+        }
+    };
+    let max_inflight = raw.max_inflight.unwrap_or(100);
+    if !(1..=10_000).contains(&max_inflight) {
+        errors.push(src.at(
+            "upstream.max_inflight",
+            format!("{max_inflight} is out of range; expected 1 to 10000 messages"),
+        ));
+    }
+    let aggregate_rate = match raw.aggregate_rate_per_s {
+        None => None,
+        Some(r) if r.is_finite() && r > 0.0 => Some(r),
+        Some(r) => {
+            errors.push(src.at(
+                "upstream.aggregate_rate_per_s",
+                format!("{r} is not a rate; expected a number of messages per second above 0 (leave it out for no limit)"),
+            ));
+            None
+        }
+    };
+    if errors.len() > start {
+        return None;
+    }
+    Some(UpstreamConfig {
+        connection: connection?,
+        alert_topic: OutTopic(alert_topic),
+        aggregate_topic: OutTopic(aggregate_topic),
+        status_topic,
+        encoding,
+        max_inflight: max_inflight as u16,
+        aggregate_rate,
+        aggregates: raw.aggregates.unwrap_or(true),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_fill_known_placeholders_and_refuse_others() {
+        let t = topic(
+            DEFAULT_ALERT_TOPIC,
+            "acme/plant1",
+            "gw-1",
+            &["device", "metric"],
+        )
+        .unwrap();
+        assert_eq!(t, "acme/plant1/gw-1/alerts/{device}/{metric}");
+        assert_eq!(
+            OutTopic(t).render("pump-7", "temp"),
+            "acme/plant1/gw-1/alerts/pump-7/temp"
+        );
+        let e = topic("{prefix}/{site}/x", "p", "g", &["device"]).unwrap_err();
+        assert!(e.contains("unknown placeholder {site}"), "{e}");
+        assert!(e.contains("{device}"), "{e}");
+        let e = topic("{prefix}/{device", "p", "g", &["device"]).unwrap_err();
+        assert!(e.contains("unclosed"), "{e}");
+        let e = topic("{prefix}/#", "p", "g", &[]).unwrap_err();
+        assert!(e.contains("wildcard"), "{e}");
+        let e = topic("{prefix}/{gateway}/{device}", "p", "g", &[]).unwrap_err();
+        assert!(e.contains("{device}"), "{e}");
+    }
+}
