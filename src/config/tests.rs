@@ -258,3 +258,56 @@ fn unreadable_main_file_is_reported() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].message.contains("cannot read"));
 }
+
+#[test]
+fn upstream_defaults_and_every_error_with_its_line() {
+    let good = format!("{GOOD}\n[upstream]\nhost = \"cloud.example\"\n");
+    let (_dir, path) = setup(&good, &[]);
+    let c = load(&path).unwrap();
+    let up = c.upstream.unwrap();
+    assert_eq!(up.connection.port, 1883);
+    assert_eq!(up.connection.client_id, "vigil-gw-1-upstream");
+    assert_eq!(
+        up.alert_topic.render("p", "t"),
+        "vigil/gw-1/alerts/p/t",
+        "default prefix and template"
+    );
+    assert_eq!(up.status_topic, "vigil/gw-1/status");
+    assert_eq!(up.encoding, Encoding::Json);
+    assert_eq!(up.max_inflight, 100);
+    assert_eq!(up.aggregate_rate, None);
+    assert!(up.aggregates);
+    // Default alerts cap: half of what the dead letters leave of the budget.
+    assert_eq!(
+        c.store.alerts_max_bytes,
+        (c.store.budget_bytes - c.store.dead_letter_max_bytes) / 2
+    );
+
+    let bad = format!(
+        "{}\nalerts_max_bytes = 1073741824\n\n[upstream]\nport = 0\nencoding = \"xml\"\nmax_inflight = 0\naggregate_rate_per_s = -1.0\nalert_topic = \"{{prefix}}/{{site}}\"\ntopic_prefix = \"a/#\"\n\n[upstream.tls]\ncert_file = \"c.pem\"\n",
+        GOOD.trim_end()
+    );
+    let errors = errors_of(&bad, &[]);
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let expect = [
+        ("store.alerts_max_bytes", 12),
+        ("upstream.host", 0),
+        ("upstream.port", 15),
+        ("upstream.encoding", 16),
+        ("upstream.max_inflight", 17),
+        ("upstream.aggregate_rate_per_s", 18),
+        ("upstream.alert_topic", 19),
+        ("upstream.topic_prefix", 20),
+        ("upstream.tls.ca_file", 22),
+        ("upstream.tls.key_file", 22),
+    ];
+    for (key, line) in expect {
+        let e = errors
+            .iter()
+            .find(|e| e.message.starts_with(&format!("{key}:")))
+            .unwrap_or_else(|| panic!("no error for {key} in {text:#?}"));
+        if key != "upstream.host" {
+            assert_eq!(e.line, Some(line), "{key}: {e}");
+        }
+    }
+}

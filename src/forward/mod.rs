@@ -196,6 +196,8 @@ pub async fn run(task: Task) {
         paced_until: None,
     };
     let mut ack_deadline: Option<Instant> = None;
+    // Detection may stop first at shutdown; a closed channel must not spin.
+    let mut outbox_open = true;
     'run: loop {
         if link.is_up() {
             if let Err(e) = f.fill().await {
@@ -229,7 +231,10 @@ pub async fn run(task: Task) {
                     }
                 }
             },
-            _ = outbox_rx.changed() => f.more = [true; 2],
+            changed = outbox_rx.changed(), if outbox_open => match changed {
+                Ok(()) => f.more = [true; 2],
+                Err(_) => outbox_open = false,
+            },
             _ = sleep_until(paced), if paced.is_some() => f.paced_until = None,
             _ = sleep_until(ack_deadline), if ack_deadline.is_some() => {
                 f.flush_acks().await;
