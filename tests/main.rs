@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod detection;
 mod formats;
+mod forward;
+mod forward_budget;
 mod fuzz;
 mod quality;
 mod reconnect;

@@ -1,136 +1,22 @@
 //! TLS to the local broker: a real Mosquitto TLS listener, certificates made
-//! here with rcgen (a CA, a server certificate for localhost / 127.0.0.1 and a
-//! client certificate signed by it, and an unrelated second CA).
+//! by `support::pki` (a CA, a server certificate for localhost / 127.0.0.1 and
+//! a client certificate signed by it, and an unrelated second CA).
 //!
 //! Readings are published on the broker's plain listener; vigil reads them
 //! over the TLS listener and stores them.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
-
+use crate::support::pki::Pki;
 use crate::support::{
-    publish_blocking, vigil_cmd, wait_until, Broker, BrokerTls, Msg, Options, Setup, VigilProcess,
+    publish_blocking, vigil_cmd, wait_until, Broker, Msg, Options, Setup, VigilProcess,
 };
 
 /// Stable part of the log line when the broker's certificate chain does not
 /// lead to the configured CA (rustls' `CertificateError::UnknownIssuer`).
 const UNKNOWN_ISSUER: &str = "invalid peer certificate: UnknownIssuer";
-
-/// Every PEM file of the tests, in one temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    other_ca: PathBuf,
-}
-
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "vigil tests");
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-/// A self-signed CA: its issuer (to sign with) and its certificate as PEM.
-fn make_ca(common_name: &str) -> (Issuer<'static, KeyPair>, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name = dn(common_name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (Issuer::new(params, key), cert.pem())
-}
-
-/// A leaf certificate signed by `issuer`: (certificate PEM, private key PEM).
-fn make_leaf(
-    common_name: &str,
-    sans: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-    issuer: &Issuer<'_, KeyPair>,
-) -> (String, String) {
-    // `CertificateParams::new` turns "127.0.0.1" into an IP address SAN.
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name = dn(common_name);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
-    params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            fs::write(&p, text).unwrap();
-            p
-        };
-        let (ca, ca_pem) = make_ca("vigil test CA");
-        let (server_pem, server_key_pem) = make_leaf(
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            &ca,
-        );
-        let (client_pem, client_key_pem) = make_leaf(
-            "vigil-gw-test",
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-            &ca,
-        );
-        let (_other, other_pem) = make_ca("unrelated CA");
-        let pki = Pki {
-            ca: write("ca.pem", &ca_pem),
-            server_cert: write("server.pem", &server_pem),
-            server_key: write("server.key", &server_key_pem),
-            client_cert: write("client.pem", &client_pem),
-            client_key: write("client.key", &client_key_pem),
-            other_ca: write("other-ca.pem", &other_pem),
-            dir,
-        };
-        // Mosquitto may drop root privileges before it reads the files.
-        make_world_readable(pki.dir.path());
-        pki
-    }
-
-    fn broker(&self, require_client_cert: bool) -> Broker {
-        Broker::start_with(Some(BrokerTls {
-            ca: self.ca.clone(),
-            cert: self.server_cert.clone(),
-            key: self.server_key.clone(),
-            require_client_cert,
-        }))
-    }
-
-    fn client(&self) -> Option<(&Path, &Path)> {
-        Some((&self.client_cert, &self.client_key))
-    }
-}
-
-fn make_world_readable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    for entry in fs::read_dir(dir).unwrap() {
-        fs::set_permissions(entry.unwrap().path(), fs::Permissions::from_mode(0o644)).unwrap();
-    }
-}
 
 fn toml_str(p: &Path) -> String {
     toml::Value::String(p.display().to_string()).to_string()

@@ -38,6 +38,7 @@ fn mosquitto_path() -> PathBuf {
 }
 
 /// TLS listener settings for the broker.
+#[derive(Clone)]
 pub struct BrokerTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -50,7 +51,19 @@ pub struct Broker {
     child: Child,
     pub port: u16,
     pub tls_port: Option<u16>,
-    _dir: tempfile::TempDir,
+    /// Config, log and (for a persistent broker) the persistence database.
+    dir: Option<tempfile::TempDir>,
+    tls: Option<BrokerTls>,
+    persistent: bool,
+}
+
+/// A persistent broker that was stopped: its ports and its database, to
+/// start it again as it was (`start`).
+pub struct StoppedBroker {
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    dir: tempfile::TempDir,
+    tls: Option<BrokerTls>,
 }
 
 impl Broker {
@@ -64,13 +77,44 @@ impl Broker {
 
     /// Start on a given port (to bring a broker back where vigil expects it).
     pub fn start_on(port: u16, tls: Option<BrokerTls>) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
+        let tls_port = tls.as_ref().map(|_| free_port());
+        Self::launch(tempfile::tempdir().unwrap(), port, tls_port, tls, false)
+    }
+
+    /// A broker that keeps sessions, their subscriptions and queued messages
+    /// (and retained messages) across `stop` and `StoppedBroker::start`.
+    pub fn start_persistent(tls: Option<BrokerTls>) -> Broker {
+        let tls_port = tls.as_ref().map(|_| free_port());
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            tls_port,
+            tls,
+            true,
+        )
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        tls_port: Option<u16>,
+        tls: Option<BrokerTls>,
+        persistent: bool,
+    ) -> Broker {
         // Unlimited queue for offline persistent sessions (the default 1000
         // would drop messages while vigil is killed), and a wide in-flight window.
         let mut conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n");
-        let mut tls_port = None;
-        if let Some(t) = &tls {
-            let p = free_port();
+        if persistent {
+            // Mosquitto, started as root, drops to its own user before it
+            // writes the database (on a clean stop).
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            ));
+        }
+        if let (Some(t), Some(p)) = (&tls, tls_port) {
             conf.push_str(&format!(
                 "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
                 t.ca.display(),
@@ -78,11 +122,14 @@ impl Broker {
                 t.key.display(),
                 t.require_client_cert
             ));
-            tls_port = Some(p);
         }
         let conf_path = dir.path().join("mosquitto.conf");
         fs::write(&conf_path, conf).unwrap();
-        let log = fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("mosquitto.log"))
+            .unwrap();
         let child = Command::new(mosquitto_path())
             .arg("-c")
             .arg(&conf_path)
@@ -94,7 +141,9 @@ impl Broker {
             child,
             port,
             tls_port,
-            _dir: dir,
+            dir: Some(dir),
+            tls,
+            persistent,
         };
         for p in std::iter::once(port).chain(tls_port) {
             wait_until("the broker listens", || {
@@ -102,6 +151,37 @@ impl Broker {
             });
         }
         broker
+    }
+
+    /// The broker's own log so far.
+    pub fn log(&self) -> String {
+        let dir = self.dir.as_ref().expect("a running broker has its dir");
+        fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stop a persistent broker cleanly (SIGTERM: it saves its database).
+    pub fn stop(mut self) -> StoppedBroker {
+        assert!(self.persistent, "only a persistent broker can be restarted");
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "mosquitto exited with {status}");
+        StoppedBroker {
+            port: self.port,
+            tls_port: self.tls_port,
+            dir: self.dir.take().unwrap(),
+            tls: self.tls.take(),
+        }
+    }
+}
+
+impl StoppedBroker {
+    /// Start the broker again on the same ports with the same database.
+    pub fn start(self) -> Broker {
+        Broker::launch(self.dir, self.port, self.tls_port, self.tls, true)
     }
 }
 
@@ -140,6 +220,8 @@ pub struct Options {
     pub broker_extra: String,
     /// Content of devices/default.toml.
     pub default_device: String,
+    /// Appended after the [store] table: further tables ([upstream] ...).
+    pub extra_tables: String,
 }
 
 impl Options {
@@ -154,6 +236,7 @@ impl Options {
             template: "plant/+/{device}/{metric}".into(),
             broker_extra: String::new(),
             default_device: "match = \"*\"\n".into(),
+            extra_tables: String::new(),
         }
     }
 }
@@ -188,6 +271,8 @@ budget_bytes = {budget}
 flush_interval_ms = {flush}
 flush_max_readings = {max}
 dead_letter_max_bytes = {dl_bytes}
+
+{tables}
 "#,
             port = o.port,
             max_payload = o.max_payload_bytes,
@@ -198,6 +283,7 @@ dead_letter_max_bytes = {dl_bytes}
             flush = o.flush_interval_ms,
             max = o.flush_max_readings,
             dl_bytes = (o.budget_bytes / 2).min(1 << 20),
+            tables = o.extra_tables,
         );
         let config = dir.path().join("vigil.toml");
         fs::write(&config, text).unwrap();
@@ -448,3 +534,151 @@ pub fn backtest_json(args: &[&str], inputs: &[PathBuf]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("backtest --json prints one JSON document")
 }
+
+/// One message a `Subscriber` received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// A QoS 1 subscriber with a persistent session (fixed client id,
+/// clean_session = false) in a thread of its own: it reconnects whenever its
+/// broker comes back and records every message in arrival order.
+pub struct Subscriber {
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    /// session_present of each CONNACK.
+    sessions: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: AsyncClient,
+}
+
+impl Subscriber {
+    /// Connect, subscribe to `filter` and wait for the SUBACK.
+    pub fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let (c, r, s, st, sub) = (
+            client.clone(),
+            received.clone(),
+            sessions.clone(),
+            stop.clone(),
+            subscribed.clone(),
+        );
+        let filter = filter.to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                while !st.load(Ordering::Relaxed) {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                            s.lock().unwrap().push(ack.session_present);
+                            // A resumed session keeps its subscription (and
+                            // subscribing again would resend retained messages).
+                            if !ack.session_present {
+                                c.try_subscribe(filter.clone(), QoS::AtLeastOnce).unwrap();
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            sub.store(true, Ordering::Relaxed)
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            r.lock().unwrap().push(Received {
+                                topic: p.topic,
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            });
+        });
+        wait_until("the subscriber has subscribed", || {
+            subscribed.load(Ordering::Relaxed)
+        });
+        Subscriber {
+            received,
+            sessions,
+            stop,
+            client,
+        }
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// session_present of every CONNACK so far.
+    pub fn sessions(&self) -> Vec<bool> {
+        self.sessions.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the event loop if it is connected; otherwise its next
+        // connection attempt fails and the thread sees `stop`.
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// The retained message on `topic` (as text), asked with `mosquitto_sub`.
+pub fn retained(port: u16, topic: &str) -> Option<String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["--retained-only", "-C", "1", "-W", "2"])
+        .output()
+        .expect("mosquitto_sub is not installed (apt-get install -y mosquitto-clients)");
+    let text = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// `vigil inspect stats` of a stopped agent.
+pub fn stats(setup: &Setup) -> serde_json::Value {
+    setup.inspect("stats", 1).remove(0)
+}
+
+pub fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number {key} in {v}"))
+}
+
+/// Wait until ingest has committed nothing new for 1.5 s (the broker's
+/// backlog is taken, and detection, woken by each commit, has run over it).
+pub fn wait_until_commits_settle(vigil: &VigilProcess) {
+    let count = || vigil.log().matches("batch committed").count();
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = (count(), Instant::now());
+    while last.1.elapsed() < Duration::from_millis(1500) {
+        assert!(Instant::now() < deadline, "vigil never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+        if count() != last.0 {
+            last = (count(), Instant::now());
+        }
+    }
+}
+
+/// Length of vigil's log so far (what a new start appends comes after).
+pub fn log_len(setup: &Setup) -> usize {
+    fs::metadata(setup.log_path()).map_or(0, |m| m.len() as usize)
+}
+
+pub mod pki;
