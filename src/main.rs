@@ -320,6 +320,12 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_string(), json!(v)))
                 .collect();
+            let oldest = |lane| -> anyhow::Result<Option<String>> {
+                Ok(store.outbox_oldest(lane)?.map(|item| match item.entry {
+                    OutboxEntry::Alert(a) => rfc3339(a.window_end_ms),
+                    OutboxEntry::Aggregate(g) => rfc3339(g.end_ms),
+                }))
+            };
             let line = json!({
                 "readings": stats.readings,
                 "first_seq": stats.first_seq,
@@ -340,6 +346,8 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "outbox_alerts": stats.outbox[0],
                 "outbox_aggregates": stats.outbox[1],
                 "outbox_bytes": stats.outbox_bytes[0] + stats.outbox_bytes[1],
+                "outbox_oldest_alert_time": oldest(Lane::Alerts)?,
+                "outbox_oldest_aggregate_time": oldest(Lane::Aggregates)?,
                 "delivered_alerts_total": stats.counters.delivered[0],
                 "delivered_aggregates_total": stats.counters.delivered[1],
                 "aggregates_merged_total": stats.counters.aggregates_merged,

@@ -172,7 +172,7 @@ impl Store {
         Ok(())
     }
 
-    /// The oldest entry's event time (window end) in `lane`, for the age of a backlog.
+    /// The oldest entry of `lane` (its event time tells the age of a backlog).
     pub fn outbox_oldest(&self, lane: Lane) -> Result<Option<OutboxItem>, StoreError> {
         Ok(self.outbox(lane, 0, 1)?.pop())
     }
