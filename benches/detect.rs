@@ -27,6 +27,10 @@ use vigil::detect::{Engine, Output};
 use vigil::model::{EpochMs, Reading, Value, Waveform};
 use vigil::store::{Batch, DetectionCommit, Store};
 
+mod common;
+
+use common::{build_kind, cpu_model, grouped, Args, Noise, Report};
+
 // ------------------------------------------------------------ heap counting
 
 /// System malloc, counting while `COUNTING` is set. Only changes made while
@@ -230,17 +234,9 @@ const T0: EpochMs = 1_767_225_600_000;
 /// Readings per detection batch, as in the detect stage.
 const BATCH: usize = 4096;
 
-/// xorshift64*: deterministic noise without the rand crate.
-struct Noise(u64);
-
+// `Noise` (xorshift64*) lives in benches/common; only this benchmark draws
+// normal variates from it.
 impl Noise {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// Approximately standard normal (Irwin–Hall: 12 uniforms − 6).
     fn gauss(&mut self) -> f64 {
         (0..12).map(|_| self.uniform()).sum::<f64>() - 6.0
@@ -457,69 +453,6 @@ fn best_of_3(mut pass: impl FnMut()) -> Duration {
 
 fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-/// 1234567.8 as "1,234,568".
-fn grouped(x: f64) -> String {
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if x < 0.0 {
-        out.insert(0, '-');
-    }
-    out
-}
-
-/// One row of the table.
-struct Row {
-    what: String,
-    setup: String,
-    result: String,
-    target: String,
-    /// None when there is no target.
-    met: Option<bool>,
-}
-
-struct Report {
-    rows: Vec<Row>,
-    details: Vec<String>,
-    quick: bool,
-}
-
-impl Report {
-    fn row(&mut self, what: &str, setup: String, result: String, target: &str, met: Option<bool>) {
-        let row = Row {
-            what: what.into(),
-            setup,
-            result,
-            target: target.into(),
-            met,
-        };
-        eprintln!(
-            "[bench-detect] {}: {} ({})",
-            row.what, row.result, row.setup
-        );
-        self.rows.push(row);
-    }
-
-    fn detail(&mut self, line: String) {
-        eprintln!("[bench-detect]   {line}");
-        self.details.push(line);
-    }
-
-    /// Work scaled down by `--quick`.
-    fn scale(&self, n: u64) -> u64 {
-        if self.quick {
-            (n / 10).max(1)
-        } else {
-            n
-        }
-    }
 }
 
 // ------------------------------------------------------------ 1. scalar
@@ -991,19 +924,6 @@ fn store(dir: &Path, sensors: usize, rep: &mut Report) {
 
 // ------------------------------------------------------------ main
 
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    ["model name", "Hardware", "cpu model", "Model"]
-        .iter()
-        .find_map(|key| {
-            info.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (k.trim() == *key).then(|| v.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn cpus_allowed() -> String {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -1014,35 +934,15 @@ fn cpus_allowed() -> String {
 }
 
 fn main() {
-    let mut sections = Vec::new();
-    let mut quick = false;
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            // cargo bench passes --bench to harness = false targets.
-            "--bench" => {}
-            "--quick" => quick = true,
-            "scalar" | "waveform" | "memory" | "store" => sections.push(arg),
-            other => {
-                eprintln!(
-                    "usage: detect [--quick] [scalar] [waveform] [memory] [store]\nunknown argument {other:?}"
-                );
-                std::process::exit(2);
-            }
-        }
-    }
-    let run = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
+    let args = Args::parse("detect", &["scalar", "waveform", "memory", "store"]);
     let dir = tempfile::Builder::new()
         .prefix("vigil-bench-detect")
         .tempdir()
         .expect("a temporary directory");
-    let mut rep = Report {
-        rows: Vec::new(),
-        details: Vec::new(),
-        quick,
-    };
+    let mut rep = Report::new("bench-detect", args.quick, 10, "a tenth");
     let started = Instant::now();
 
-    if run("scalar") {
+    if args.run("scalar") {
         scalar(
             dir.path(),
             "time.toml",
@@ -1068,56 +968,26 @@ fn main() {
             &mut rep,
         );
     }
-    if run("waveform") {
+    if args.run("waveform") {
         waveform(dir.path(), 12_000, &mut rep);
         waveform(dir.path(), 6_000, &mut rep);
     }
-    if run("memory") {
+    if args.run("memory") {
         memory(dir.path(), &mut rep);
     }
-    if run("store") {
+    if args.run("store") {
         store(dir.path(), 1000, &mut rep);
         store(dir.path(), 10, &mut rep);
     }
 
-    let mut s = String::new();
-    let _ = writeln!(s, "## vigil detection benchmark\n");
-    let _ = writeln!(
-        s,
-        "CPU: {} · CPUs allowed: {} · one thread · {} · best of 3 after a warm-up pass{}\n",
+    let intro = format!(
+        "CPU: {} · CPUs allowed: {} · one thread · {} · best of 3 after a warm-up pass",
         cpu_model(),
         cpus_allowed(),
-        if cfg!(debug_assertions) {
-            "DEBUG build (numbers meaningless)"
-        } else {
-            "optimised build"
-        },
-        if quick {
-            " · --quick (a tenth of the work)"
-        } else {
-            ""
-        }
+        build_kind(),
     );
-    let _ = writeln!(s, "| measurement | setup | result | target | |");
-    let _ = writeln!(s, "|---|---|---|---|---|");
-    for r in &rep.rows {
-        let verdict = match r.met {
-            Some(true) => "met",
-            Some(false) => "**MISSED**",
-            None => "",
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            r.what, r.setup, r.result, r.target, verdict
-        );
-    }
-    if !rep.details.is_empty() {
-        let _ = writeln!(s, "\nDetails:\n");
-        for d in &rep.details {
-            let _ = writeln!(s, "- {d}");
-        }
-    }
-    let _ = writeln!(s, "\n(ran for {:.0} s)", started.elapsed().as_secs_f64());
-    print!("{s}");
+    print!(
+        "{}",
+        rep.markdown("vigil detection benchmark", &intro, started)
+    );
 }
