@@ -355,6 +355,7 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "aggregates_dropped_total": stats.counters.aggregates_dropped,
                 "aggregate_windows_dropped_total": stats.counters.aggregate_windows_dropped,
                 "alerts_dropped_total": stats.counters.alerts_dropped,
+                "outbox_unreadable_total": stats.counters.outbox_unreadable,
             });
             writeln!(out, "{line}")?;
         }

@@ -123,7 +123,10 @@ impl Store {
         let mut order = Vec::new();
         for entry in self.inner.outbox[lane].range(key(from)..).take(MERGE_SCAN) {
             let (k, v) = entry?;
-            let item = decode_entry(seq_of(&k), &v)?;
+            // Unreadable entries are the forwarder's to remove and count.
+            let Ok(item) = decode_entry(seq_of(&k), &v) else {
+                continue;
+            };
             let OutboxEntry::Aggregate(a) = &item.entry else {
                 continue;
             };
@@ -193,7 +196,11 @@ impl Store {
             }
             let (k, v) = entry?;
             let seq = seq_of(&k);
-            if let OutboxEntry::Aggregate(a) = decode_entry(seq, &v)?.entry {
+            if let Ok(OutboxItem {
+                entry: OutboxEntry::Aggregate(a),
+                ..
+            }) = decode_entry(seq, &v)
+            {
                 windows += u64::from(a.windows);
             }
             next.outbox_bytes[l] = next.outbox_bytes[l].saturating_sub(8 + v.len() as u64);

@@ -98,6 +98,9 @@ pub struct Counters {
     /// Alerts dropped because the alerts outbox was over its hard cap.
     #[serde(default)]
     pub alerts_dropped: u64,
+    /// Outbox entries removed because they could not be decoded.
+    #[serde(default)]
+    pub outbox_unreadable: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use tracing::error;
+
 use crate::model::{Aggregate, AlertEvent};
 
 use super::{from_cbor, key, seq_of, to_cbor, Meta, Store, StoreError, META_KEY};
@@ -62,6 +64,13 @@ pub(super) fn encode_entry(id: u64, entry: &OutboxEntry) -> Result<Vec<u8>, Stor
 pub(super) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<OutboxItem, StoreError> {
     let (id, entry): (u64, OutboxEntry) = from_cbor("outbox entry", seq, bytes)?;
     Ok(OutboxItem { seq, id, entry })
+}
+
+/// Why entries leave the outbox other than by eviction.
+#[derive(Clone, Copy)]
+enum Removal {
+    Delivered,
+    Unreadable,
 }
 
 /// Entries the forwarder holds, per lane.
@@ -113,8 +122,26 @@ impl Store {
         // claims before it reads) cannot replace an entry between the read and
         // the claim.
         let mut claims = self.claims();
-        let items = self.outbox(lane, from, limit)?;
+        let mut items = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in self.inner.outbox[lane as usize]
+            .range(key(from)..)
+            .take(limit)
+        {
+            let (k, v) = entry?;
+            let seq = seq_of(&k);
+            match decode_entry(seq, &v) {
+                Ok(item) => items.push(item),
+                Err(e) => {
+                    error!(lane = lane.as_str(), seq, error = %e, "outbox entry unreadable (damaged, or written by another version); removing it");
+                    unreadable.push((lane, seq));
+                }
+            }
+        }
         claims[lane as usize].extend(items.iter().map(|i| i.seq));
+        drop(claims);
+        // One bad entry must not block its lane forever.
+        self.remove(&unreadable, Removal::Unreadable)?;
         Ok(items)
     }
 
@@ -129,6 +156,10 @@ impl Store {
     /// after a crash an entry may come back and be sent again, which the
     /// message id lets upstream recognise.
     pub fn outbox_ack(&self, acked: &[(Lane, u64)]) -> Result<(), StoreError> {
+        self.remove(acked, Removal::Delivered)
+    }
+
+    fn remove(&self, acked: &[(Lane, u64)], why: Removal) -> Result<(), StoreError> {
         if acked.is_empty() {
             return Ok(());
         }
@@ -149,7 +180,10 @@ impl Store {
                             next.outbox_bytes[l] =
                                 next.outbox_bytes[l].saturating_sub(8 + old.len() as u64);
                             next.outbox_count[l] = next.outbox_count[l].saturating_sub(1);
-                            next.counters.delivered[l] += 1;
+                            match why {
+                                Removal::Delivered => next.counters.delivered[l] += 1,
+                                Removal::Unreadable => next.counters.outbox_unreadable += 1,
+                            }
                         }
                     }
                     let bytes =
@@ -227,9 +261,23 @@ mod tests {
             .map(|i| i.seq)
             .collect();
         assert_eq!(rest, [2, 3, 4]);
-        // Everything delivered: the lane's bytes are back to zero.
-        s.outbox_ack(&[2, 3, 4].map(|q| (Lane::Aggregates, q)))
+        // A damaged entry is removed and counted, and does not stop the lane.
+        let garbage = b"\xff garbage";
+        let replaced = s.inner.outbox[1].insert(key(3), &garbage[..]).unwrap();
+        // Accounted as the entry it replaced; its removal subtracts what is there.
+        let skew = (replaced.unwrap().len() - garbage.len()) as u64;
+        let read: Vec<_> = s
+            .outbox_claim(Lane::Aggregates, 2, 10)
+            .unwrap()
+            .iter()
+            .map(|i| i.seq)
+            .collect();
+        assert_eq!(read, [2, 4]);
+        assert_eq!(s.stats().unwrap().counters.outbox_unreadable, 1);
+        // Everything else delivered: the lane is empty.
+        s.outbox_ack(&[2, 4].map(|q| (Lane::Aggregates, q)))
             .unwrap();
-        assert_eq!(s.used_bytes(), 0);
+        assert_eq!(s.stats().unwrap().outbox, [0, 0]);
+        assert_eq!(s.used_bytes(), skew);
     }
 }
