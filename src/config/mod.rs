@@ -295,6 +295,22 @@ fn validate(
     let upstream = raw
         .upstream
         .and_then(|u| upstream::validate(src, base, u, &gateway_id, errors));
+    if let (Some(b), Some(u)) = (&broker, &upstream) {
+        // One broker seeing one client id twice disconnects the older
+        // connection each time: the two would take turns forever.
+        if (&b.host, b.port, &b.client_id)
+            == (
+                &u.connection.host,
+                u.connection.port,
+                &u.connection.client_id,
+            )
+        {
+            errors.push(src.at(
+                "upstream.client_id",
+                format!("{:?} is also broker.client_id on the same broker; the two connections need different ids", b.client_id),
+            ));
+        }
+    }
 
     // Device files are optional: a missing default directory means none; a
     // directory named in the file must exist.

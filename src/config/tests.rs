@@ -311,3 +311,20 @@ fn upstream_defaults_and_every_error_with_its_line() {
         }
     }
 }
+
+#[test]
+fn upstream_on_the_local_broker_needs_its_own_client_id() {
+    let main = format!("{GOOD}[upstream]\nhost = \"127.0.0.1\"\nclient_id = \"vigil-gw-1\"\n");
+    let errors = errors_of(&main, &[]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].message.starts_with("upstream.client_id:"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, Some(14));
+    // The default upstream id differs from the local one.
+    let ok = format!("{GOOD}\n[upstream]\nhost = \"127.0.0.1\"\n");
+    let (_dir, path) = setup(&ok, &[]);
+    assert!(load(&path).is_ok());
+}
