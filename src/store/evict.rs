@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use super::merge::merge;
 use super::outbox::{decode_entry, encode_entry, Claims, Lane, OutboxEntry, OutboxItem};
 use super::{finish, key, seq_of, to_cbor, Meta, Store, StoreError, META_KEY};
+use crate::model::Aggregate;
 
 /// Most aggregates merged into one in one pass.
 const MERGE_FACTOR: usize = 10;
@@ -119,22 +120,28 @@ impl Store {
         let claims = self.claims();
         let lane = Lane::Aggregates as usize;
         let from = first_unclaimed(&claims, Lane::Aggregates);
-        let mut streams: HashMap<(String, String), Vec<(OutboxItem, usize)>> = HashMap::new();
+        let mut streams: HashMap<(String, String), Vec<Part>> = HashMap::new();
         let mut order = Vec::new();
         for entry in self.inner.outbox[lane].range(key(from)..).take(MERGE_SCAN) {
             let (k, v) = entry?;
             // Unreadable entries are the forwarder's to remove and count.
-            let Ok(item) = decode_entry(seq_of(&k), &v) else {
+            let seq = seq_of(&k);
+            let Ok(OutboxItem {
+                entry: OutboxEntry::Aggregate(aggregate),
+                ..
+            }) = decode_entry(seq, &v)
+            else {
                 continue;
             };
-            let OutboxEntry::Aggregate(a) = &item.entry else {
-                continue;
-            };
-            let stream = (a.device.clone(), a.metric.clone());
+            let stream = (aggregate.device.clone(), aggregate.metric.clone());
             if !streams.contains_key(&stream) {
                 order.push(stream.clone());
             }
-            streams.entry(stream).or_default().push((item, 8 + v.len()));
+            streams.entry(stream).or_default().push(Part {
+                seq,
+                bytes: 8 + v.len(),
+                aggregate,
+            });
         }
         let mut next = meta.clone();
         let mut removals: Vec<[u8; 8]> = Vec::new();
@@ -142,28 +149,22 @@ impl Store {
         let mut merges = 0u64;
         for stream in &order {
             for chunk in chunks(&streams[stream]) {
-                let parts: Vec<_> = chunk
-                    .iter()
-                    .filter_map(|(item, _)| match &item.entry {
-                        OutboxEntry::Aggregate(a) => Some(a.clone()),
-                        OutboxEntry::Alert(_) => None,
-                    })
-                    .collect();
+                let parts: Vec<_> = chunk.iter().map(|p| p.aggregate.clone()).collect();
                 let Some(merged) = merge(&parts) else {
                     continue;
                 };
                 let id = next.next_outbox[lane];
                 next.next_outbox[lane] += 1;
                 let value = encode_entry(id, &OutboxEntry::Aggregate(merged))?;
-                let freed: usize = chunk.iter().map(|(_, len)| len).sum();
+                let freed: usize = chunk.iter().map(|p| p.bytes).sum();
                 next.outbox_bytes[lane] =
                     next.outbox_bytes[lane].saturating_sub(freed as u64) + 8 + value.len() as u64;
                 next.outbox_count[lane] -= chunk.len() as u64 - 1;
                 next.counters.aggregates_merged += chunk.len() as u64;
                 next.counters.aggregate_merges += 1;
                 merges += 1;
-                removals.extend(chunk.iter().map(|(item, _)| key(item.seq)));
-                inserts.push((key(chunk[0].0.seq), value));
+                removals.extend(chunk.iter().map(|p| key(p.seq)));
+                inserts.push((key(chunk[0].seq), value));
             }
         }
         if merges == 0 {
@@ -247,14 +248,18 @@ impl Store {
     }
 }
 
+/// An aggregate a merge pass looked at: its key, its stored size, itself.
+struct Part {
+    seq: u64,
+    bytes: usize,
+    aggregate: Aggregate,
+}
+
 /// Runs of one stream's aggregates (oldest first) that may become one:
 /// at most `MERGE_FACTOR`, not overlapping (sliding windows overlap and are
 /// never merged), spanning at most `MAX_MERGED_SPAN_MS`. Runs of one are left out.
-fn chunks(items: &[(OutboxItem, usize)]) -> Vec<&[(OutboxItem, usize)]> {
-    let bounds = |i: usize| match &items[i].0.entry {
-        OutboxEntry::Aggregate(a) => (a.start_ms, a.end_ms),
-        OutboxEntry::Alert(a) => (a.window_start_ms, a.window_end_ms),
-    };
+fn chunks(items: &[Part]) -> Vec<&[Part]> {
+    let bounds = |i: usize| (items[i].aggregate.start_ms, items[i].aggregate.end_ms);
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=items.len() {
