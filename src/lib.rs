@@ -13,6 +13,7 @@ pub mod detect;
 pub mod forward;
 pub mod ingest;
 pub mod model;
+pub mod ops;
 pub mod store;
 
 mod backoff;

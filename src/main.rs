@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent in the foreground until SIGTERM or SIGINT.
+    /// Run the agent in the foreground until SIGTERM or SIGINT; SIGHUP
+    /// reloads the device files.
     Run {
         /// Path of vigil.toml.
         #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
@@ -33,6 +34,13 @@ enum Command {
     },
     /// Validate vigil.toml and the device files; print every error, exit 1 if any.
     CheckConfig {
+        /// Path of vigil.toml.
+        #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
+        config: PathBuf,
+    },
+    /// A summary for a person: from the running agent's endpoint, or from
+    /// the store when the agent is not running.
+    Status {
         /// Path of vigil.toml.
         #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
         config: PathBuf,
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::CheckConfig { config } => return check_config(config),
+        Command::Status { config } => status(config),
         Command::Inspect { config, what, last } => inspect(config, what, last),
         Command::Backtest {
             device,
@@ -174,13 +183,46 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), gateway = %config.gateway_id, "vigil starting");
-        vigil::app::run(&config, stop_signal()).await
+        serve(&config, &path).await
     });
     // A blocking store call still running (a commit the stages gave up on)
     // must not hold the exit; what it had not flushed was not acknowledged.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result?;
     tracing::info!("vigil stopped");
+    Ok(())
+}
+
+/// Run the agent until SIGTERM or SIGINT: reload on SIGHUP, tell systemd
+/// when it is ready and, while every stage makes progress, ping its watchdog.
+async fn serve(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    use vigil::ops::notify;
+    // Before anything else: SIGHUP's default action would end the process.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut running = vigil::app::start(config).await?;
+    let ready = format!("running; gateway {}", config.gateway_id);
+    notify::ready(&ready);
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup.recv() => {
+                tracing::info!(config = %path.display(), "SIGHUP received: reloading the device files");
+                notify::reloading();
+                running.reload(path);
+                notify::ready(&ready);
+            }
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                running.watchdog();
+            }
+        }
+    }
+    notify::stopping();
+    tracing::info!("shutting down");
+    running.shutdown().await?;
     Ok(())
 }
 
@@ -219,6 +261,56 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
             config.store.path.display()
         )
     })
+}
+
+fn status(path: PathBuf) -> anyhow::Result<()> {
+    use vigil::ops::status::{fetch, summary, target, FetchError, Origin, Samples};
+    let config = load(&path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Port 0 (tests) cannot be asked: read the store.
+    if let Some(listen) = config.http.filter(|a| a.port() != 0) {
+        let addr = target(listen);
+        let url = format!("http://{addr}");
+        match runtime.block_on(fetch(addr, "/metrics")) {
+            Ok((200, text)) => {
+                let ready = match runtime.block_on(fetch(addr, "/readyz")) {
+                    Ok((200, _)) => Ok(()),
+                    Ok((_, body)) => Err(body.trim().trim_start_matches("not ready: ").to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                print!(
+                    "{}",
+                    summary(&Samples::parse(&text), &Origin::Agent { url, ready })
+                );
+                return Ok(());
+            }
+            Ok((code, body)) => anyhow::bail!("{url}/metrics answered {code}: {}", body.trim()),
+            // Nothing listens: the agent is not running.
+            Err(FetchError::Connect(..)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let store = open_store(&config)?;
+    let health = std::sync::Arc::new(vigil::ops::Health::default());
+    health.set_store_open(true);
+    let observed = vigil::ops::Observed {
+        gateway_id: config.gateway_id.clone(),
+        store,
+        health,
+        ingest: Default::default(),
+        detect: Default::default(),
+        forward: Default::default(),
+        reloads: Default::default(),
+    };
+    let text = vigil::ops::metrics::render(&observed)?;
+    let origin = Origin::Store {
+        path: config.store.path.display().to_string(),
+    };
+    print!("{}", summary(&Samples::parse(&text), &origin));
+    Ok(())
 }
 
 fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
@@ -321,10 +413,9 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.as_str().to_string(), json!(v)))
                 .collect();
             let oldest = |lane| -> anyhow::Result<Option<String>> {
-                Ok(store.outbox_oldest(lane)?.map(|item| match item.entry {
-                    OutboxEntry::Alert(a) => rfc3339(a.window_end_ms),
-                    OutboxEntry::Aggregate(g) => rfc3339(g.end_ms),
-                }))
+                Ok(store
+                    .outbox_oldest(lane)?
+                    .map(|item| rfc3339(item.entry.end_ms())))
             };
             let line = json!({
                 "readings": stats.readings,

@@ -62,6 +62,9 @@ budget_bytes = 17179869184
 flush_interval_ms = {flush_ms}
 flush_max_readings = 8192
 
+[http]
+listen = "127.0.0.1:0"
+
 [upstream]
 host = "127.0.0.1"
 port = {upstream_port}

@@ -87,6 +87,7 @@ async fn drain_once(mosquitto: &Path, scratch: &Path, aggregates: u64, max_infli
         outbox_rx,
         shutdown: shutdown_rx,
         metrics: metrics.clone(),
+        health: Default::default(),
     }));
     while !metrics.connected.load(Relaxed) && start.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -12,6 +12,7 @@ mod diag;
 mod topic;
 mod upstream;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,9 +37,14 @@ pub struct Config {
     /// Where alerts and aggregates go; without it they stay in the outbox
     /// (within the store's budget).
     pub upstream: Option<UpstreamConfig>,
+    /// Where the health and metrics endpoint listens; `None`: switched off.
+    pub http: Option<SocketAddr>,
     pub devices_dir: PathBuf,
     pub devices: DeviceRegistry,
 }
+
+/// Default address of the health and metrics endpoint: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9620";
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -122,6 +128,14 @@ struct RawConfig {
     subscriptions: Option<Vec<RawSubscription>>,
     store: Option<RawStore>,
     upstream: Option<upstream::RawUpstream>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +326,8 @@ fn validate(
         }
     }
 
+    let http = validate_http(src, raw.http, errors);
+
     // Device files are optional: a missing default directory means none; a
     // directory named in the file must exist.
     let devices_dir = resolve(base, raw.devices_dir.as_deref().unwrap_or("devices"));
@@ -332,9 +348,36 @@ fn validate(
         subscriptions,
         store: store?,
         upstream,
+        http,
         devices_dir,
         devices: devices?,
     })
+}
+
+fn validate_http(
+    src: &Source,
+    raw: Option<RawHttp>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<SocketAddr> {
+    let raw = raw.unwrap_or(RawHttp {
+        enabled: None,
+        listen: None,
+    });
+    let listen = raw.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+    let addr = match listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(src.at(
+                "http.listen",
+                format!("{listen:?} is not an address; expected IP:port such as \"{DEFAULT_HTTP_LISTEN}\""),
+            ));
+            None
+        }
+    };
+    if raw.enabled == Some(false) {
+        return None;
+    }
+    addr
 }
 
 fn validate_broker(

@@ -139,6 +139,17 @@ pub struct Condition {
     /// Highest severity in the current anomalous run.
     run_max: Option<Severity>,
     active: Option<Active>,
+    /// The value and window of the latest check, so that an alert closed
+    /// without a window of its own (`retire`) still reports where it stood.
+    /// Absent from checkpoints written before it existed.
+    #[serde(default)]
+    last: Option<Seen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Seen {
+    value: f64,
+    window: (EpochMs, EpochMs),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +173,10 @@ impl Condition {
         ctx: &Context,
     ) -> Option<AlertEvent> {
         let (start_ms, end_ms) = window;
+        self.last = Some(Seen {
+            value: check.value,
+            window,
+        });
         match check.severity {
             Some(sev) => {
                 self.bad = self.bad.saturating_add(1);
@@ -240,6 +255,10 @@ impl Condition {
     ) -> Option<AlertEvent> {
         self.bad = 0;
         self.run_max = None;
+        self.last = Some(Seen {
+            value: check.value,
+            window,
+        });
         let active = self.active.take()?;
         Some(event(
             AlertKind::Cleared,
@@ -251,6 +270,69 @@ impl Condition {
             window,
             ctx,
         ))
+    }
+}
+
+/// Why an open alert is closed without a normal window (`Condition::retire`).
+pub struct Retired<'a> {
+    pub detector: &'a str,
+    pub feature: &'a str,
+    /// Completes "cleared by a configuration reload: …".
+    pub why: &'a str,
+    /// The value to report; `None`: the last one this condition saw.
+    pub value: Option<f64>,
+    /// Event time to report as the clearing time (no earlier than the
+    /// alert's last window).
+    pub at_ms: EpochMs,
+}
+
+impl Condition {
+    /// Close the alert now because nothing will evaluate this condition
+    /// again (a configuration reload removed its detector, or restarted what
+    /// it learned), so it does not stay open upstream forever. The event
+    /// carries the last value and window the condition saw, no limit and no
+    /// baseline (neither applies any more), and score 0. Only a condition
+    /// restored from a checkpoint older than `last`, and not evaluated since,
+    /// has no value to report: then it is NaN (`null` in JSON).
+    pub fn retire(&mut self, r: &Retired, ctx: &Context) -> Option<AlertEvent> {
+        self.bad = 0;
+        self.good = 0;
+        self.run_max = None;
+        let active = self.active.take()?;
+        let window = self
+            .last
+            .map(|l| l.window)
+            .unwrap_or((active.raised_ms, active.raised_ms));
+        let value = r.value.or(self.last.map(|l| l.value)).unwrap_or(f64::NAN);
+        let shown = if value.is_finite() {
+            let unit = unit_of(r.feature, ctx.unit);
+            let u = if unit.is_empty() {
+                String::new()
+            } else {
+                format!(" {unit}")
+            };
+            format!(" (last value {}{u})", fmt_num(value))
+        } else {
+            String::new()
+        };
+        Some(AlertEvent {
+            id: active.id,
+            kind: AlertKind::Cleared,
+            device: ctx.device.to_string(),
+            metric: ctx.metric.to_string(),
+            detector: r.detector.to_string(),
+            feature: r.feature.to_string(),
+            severity: active.severity,
+            raised_ms: active.raised_ms,
+            cleared_ms: Some(r.at_ms.max(window.1).max(active.raised_ms)),
+            window_start_ms: window.0,
+            window_end_ms: window.1,
+            value,
+            limit: None,
+            baseline: None,
+            score: 0.0,
+            message: format!("cleared by a configuration reload: {}{shown}", r.why),
+        })
     }
 }
 
@@ -365,6 +447,68 @@ mod tests {
     fn a_run_that_reached_alarm_raises_an_alarm() {
         let ev = run(&[A, W]);
         assert_eq!(ev[0].severity, Severity::Alarm);
+    }
+
+    #[test]
+    fn retire_reports_the_last_value_and_window() {
+        let ctx = Context {
+            device: "pump-1",
+            metric: "temperature",
+            unit: "degC",
+            raise_after: 1,
+            clear_after: 3,
+        };
+        let mut c = Condition::default();
+        let raised = c.step(&check(W, 85.0), (0, 1000), &ctx).unwrap();
+        assert!(c.step(&check(W, 86.5), (1000, 2000), &ctx).is_none());
+        let r = Retired {
+            detector: "limit",
+            feature: "mean",
+            why: "the limit detector is no longer configured for mean",
+            value: None,
+            at_ms: 1500,
+        };
+        let ev = c.retire(&r, &ctx).expect("an open alert is cleared");
+        assert_eq!(
+            (ev.kind, ev.id.as_str()),
+            (AlertKind::Cleared, raised.id.as_str())
+        );
+        assert_eq!((ev.window_start_ms, ev.window_end_ms), (1000, 2000));
+        assert_eq!(ev.cleared_ms, Some(2000), "never before its last window");
+        assert_eq!((ev.value, ev.limit, ev.score), (86.5, None, 0.0));
+        assert_eq!(
+            ev.message,
+            "cleared by a configuration reload: the limit detector is no longer configured for mean (last value 86.5 degC)"
+        );
+        assert!(!c.is_active());
+        assert!(c.retire(&r, &ctx).is_none(), "only once");
+    }
+
+    #[test]
+    fn checkpoints_without_the_last_check_still_load() {
+        // The layout of a condition before `last` was added.
+        #[derive(Serialize)]
+        struct Old {
+            bad: u32,
+            good: u32,
+            run_max: Option<Severity>,
+            active: Option<Active>,
+        }
+        let old = Old {
+            bad: 2,
+            good: 0,
+            run_max: W,
+            active: Some(Active {
+                id: "a".into(),
+                severity: Severity::Warning,
+                raised_ms: 5,
+            }),
+        };
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&old, &mut bytes).unwrap();
+        let c: Condition = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+        assert!(c.is_active());
+        assert_eq!((c.bad, c.last), (2, None));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::alert::{Check, Condition, Context};
 use super::baseline::{Learned, Volatility};
 use super::evaluate::evaluate;
 use super::features::Moments;
+use super::reload;
+pub use super::reload::ReloadReport;
 use super::spectrum::{BlockSpectrum, Spectrum};
 use super::window::{Admit, Open, Windows};
 
@@ -189,6 +191,63 @@ impl Engine {
                 dirty: false,
             },
         );
+    }
+
+    /// Take new device files (SIGHUP). Streams seen from now on resolve their
+    /// settings from `registry`. Each known stream whose resolved settings
+    /// differ gets the new ones, which apply from the next window that
+    /// closes; see `reload::apply` for what else changes with them (open
+    /// windows, learned baselines, alerts of detectors that are gone: cleared
+    /// into `out`). A stream whose settings are unchanged is left exactly as
+    /// it was. `now_ms` is the processing time.
+    pub fn reload(
+        &mut self,
+        registry: DeviceRegistry,
+        now_ms: EpochMs,
+        out: &mut Output,
+    ) -> ReloadReport {
+        self.registry = registry;
+        let Engine {
+            registry,
+            streams,
+            counters,
+            dirty,
+            ..
+        } = self;
+        // In key order, so the events come out the same on every run.
+        let mut keys: Vec<&String> = streams.keys().collect();
+        keys.sort_unstable();
+        let mut report = ReloadReport::default();
+        let mut changed = Vec::new();
+        for key in keys {
+            let stream = &streams[key];
+            let settings = registry.stream_settings(&stream.device, &stream.metric);
+            if settings == *stream.settings {
+                report.unchanged += 1;
+            } else {
+                changed.push((key.clone(), settings));
+            }
+        }
+        for (key, settings) in changed {
+            let stream = streams.get_mut(&key).expect("listed above");
+            let change = reload::apply(
+                &stream.device,
+                &stream.metric,
+                &stream.settings,
+                &settings,
+                &mut stream.state,
+                now_ms,
+                counters,
+                out,
+            );
+            stream.settings = Arc::new(settings);
+            report.record(&stream.device, &stream.metric, &change);
+            if !stream.dirty {
+                stream.dirty = true;
+                dirty.push(key);
+            }
+        }
+        report
     }
 
     /// After a restart: silence is measured while vigil listens, so the time

@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod engine;
 mod evaluate;
 pub mod features;
+mod reload;
 pub mod rules;
 pub mod spectrum;
 pub mod stage;

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::DeviceRegistry;
 use crate::model::{AlertKind, EpochMs};
+use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
 
 use super::engine::{DetectCounters, Engine, Output, StreamState};
@@ -43,17 +44,27 @@ pub struct DetectMetrics {
     pub aggregates: AtomicU64,
     pub readings_trimmed: AtomicU64,
     pub readings_skipped: AtomicU64,
+    /// Alerts raised and cleared since start, by severity (warning, alarm).
+    pub raised_by_severity: [AtomicU64; 2],
+    pub cleared_by_severity: [AtomicU64; 2],
+    /// From the engine's counters, which are kept with its checkpoint.
+    pub late: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub windows: AtomicU64,
+    pub streams: AtomicU64,
 }
 
 pub struct Task {
     pub store: Store,
-    pub registry: DeviceRegistry,
+    /// The device files; a new value (SIGHUP) applies from the next batch.
+    pub registry_rx: watch::Receiver<DeviceRegistry>,
     /// Sequence number after the newest committed reading (from ingest).
     pub committed_rx: watch::Receiver<u64>,
     /// Bumped after each commit that added alerts or aggregates to the outbox.
     pub outbox_tx: watch::Sender<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<DetectMetrics>,
+    pub health: Arc<Health>,
 }
 
 fn wall_ms() -> EpochMs {
@@ -129,12 +140,17 @@ fn log_alerts(out: &Output) {
 pub async fn run(task: Task) {
     let Task {
         store,
-        registry,
+        mut registry_rx,
         mut committed_rx,
         outbox_tx,
         mut shutdown,
         metrics,
+        health,
     } = task;
+    let mut registry = registry_rx.borrow_and_update().clone();
+    let mut registry_open = true;
+    // Seen by the wait below, to apply at the top of the loop.
+    let mut registry_changed = false;
     let (mut engine, mut cursor) = loop {
         let (s, r) = (store.clone(), registry.clone());
         match tokio::task::spawn_blocking(move || restore(&s, r)).await {
@@ -158,10 +174,19 @@ pub async fn run(task: Task) {
             break;
         }
         let tick_due = last_tick.elapsed() >= TICK;
+        let reload = if registry_changed || registry_rx.has_changed().unwrap_or(false) {
+            registry_changed = false;
+            registry = registry_rx.borrow_and_update().clone();
+            Some(registry.clone())
+        } else {
+            None
+        };
         let step = {
             let store = store.clone();
+            let busy = health.busy(Stage::Detect);
             tokio::task::spawn_blocking(move || {
-                let r = step(&store, &mut engine, cursor, tick_due);
+                let _busy = busy;
+                let r = step(&store, &mut engine, cursor, tick_due, reload);
                 (engine, r)
             })
             .await
@@ -175,6 +200,13 @@ pub async fn run(task: Task) {
             }
         };
         engine = returned;
+        let c = engine.counters();
+        metrics.late.store(c.late, Ordering::Relaxed);
+        metrics.duplicates.store(c.duplicates, Ordering::Relaxed);
+        metrics.windows.store(c.windows, Ordering::Relaxed);
+        metrics
+            .streams
+            .store(engine.streams() as u64, Ordering::Relaxed);
         if tick_due {
             last_tick = Instant::now();
         }
@@ -194,6 +226,10 @@ pub async fn run(task: Task) {
                 metrics
                     .readings_skipped
                     .fetch_add(s.skipped, Ordering::Relaxed);
+                for i in 0..2 {
+                    metrics.raised_by_severity[i].fetch_add(s.raised_by[i], Ordering::Relaxed);
+                    metrics.cleared_by_severity[i].fetch_add(s.cleared_by[i], Ordering::Relaxed);
+                }
                 if s.outputs > 0 {
                     outbox_tx.send_modify(|n| *n += 1);
                 }
@@ -224,6 +260,10 @@ pub async fn run(task: Task) {
         let until_tick = TICK.saturating_sub(last_tick.elapsed());
         tokio::select! {
             _ = committed_rx.changed() => {}
+            changed = registry_rx.changed(), if registry_open => {
+                registry_open = changed.is_ok();
+                registry_changed = registry_open;
+            }
             _ = tokio::time::sleep(until_tick) => {}
             _ = shutdown.changed() => {}
         }
@@ -240,6 +280,9 @@ struct StepResult {
     cleared: u64,
     trimmed: u64,
     skipped: u64,
+    /// Raised and cleared alerts by severity (warning, alarm).
+    raised_by: [u64; 2],
+    cleared_by: [u64; 2],
 }
 
 /// One batch: read, detect, commit, and trim if the store is full. Blocking.
@@ -248,11 +291,18 @@ fn step(
     engine: &mut Engine,
     cursor: u64,
     tick: bool,
+    reload: Option<DeviceRegistry>,
 ) -> Result<StepResult, StoreError> {
     let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
     let batch = store.readings_from(cursor, size)?;
     let now = wall_ms();
     let mut out = Output::default();
+    let reloaded = reload.is_some();
+    if let Some(registry) = reload {
+        // Before the batch: its windows close under the new settings.
+        let report = engine.reload(registry, now, &mut out);
+        info!(?report, "device settings reloaded");
+    }
     let mut next = cursor;
     let mut skipped = 0;
     if let Some((first, _)) = batch.first() {
@@ -272,7 +322,7 @@ fn step(
     if tick {
         engine.tick(now, &mut out);
     }
-    if next == cursor && out.is_empty() && !tick {
+    if next == cursor && out.is_empty() && !tick && !reloaded {
         return Ok(StepResult {
             cursor,
             outputs: 0,
@@ -281,6 +331,8 @@ fn step(
             cleared: 0,
             trimmed: 0,
             skipped,
+            raised_by: [0; 2],
+            cleared_by: [0; 2],
         });
     }
     log_alerts(&out);
@@ -294,10 +346,18 @@ fn step(
         .iter()
         .filter(|a| a.kind == AlertKind::Cleared)
         .count() as u64;
+    let (mut raised_by, mut cleared_by) = ([0; 2], [0; 2]);
+    for a in &out.alerts {
+        match a.kind {
+            AlertKind::Raised => raised_by[a.severity as usize] += 1,
+            AlertKind::Cleared => cleared_by[a.severity as usize] += 1,
+            AlertKind::Escalated => {}
+        }
+    }
     let aggregates = out.aggregates.len() as u64;
     let outputs = aggregates + out.alerts.len() as u64;
     let commit = commit_of(engine, next, out);
-    if next != cursor || !commit.alerts.is_empty() || !commit.aggregates.is_empty() {
+    if next != cursor || !commit.alerts.is_empty() || !commit.aggregates.is_empty() || reloaded {
         store.commit_detection(&commit)?;
     }
     // Logged and counted by the store.
@@ -310,5 +370,7 @@ fn step(
         cleared,
         trimmed,
         skipped,
+        raised_by,
+        cleared_by,
     })
 }

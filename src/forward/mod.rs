@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::link::Link;
+use crate::ops::{Health, Stage};
 use crate::store::{Lane, OutboxItem, Store, StoreError};
 
 /// Outbox entries read (and claimed) from the store at a time, per lane.
@@ -72,6 +73,7 @@ pub struct Task {
     pub outbox_rx: watch::Receiver<u64>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<ForwardMetrics>,
+    pub health: Arc<Health>,
 }
 
 /// Build the client and event loop for the upstream broker.
@@ -147,6 +149,7 @@ struct Forwarder {
     gateway: String,
     client: AsyncClient,
     metrics: Arc<ForwardMetrics>,
+    health: Arc<Health>,
     /// Entries read and claimed, not yet published.
     queue: [VecDeque<OutboxItem>; 2],
     /// Where the next read of each lane starts.
@@ -176,6 +179,7 @@ pub async fn run(task: Task) {
         mut outbox_rx,
         mut shutdown,
         metrics,
+        health,
     } = task;
     let mut link = Link::new("upstream", "upstream", &config.connection);
     info!(broker = %link.addr(), client_id = %config.connection.client_id, status_topic = %config.status_topic, "connecting to the upstream broker");
@@ -186,6 +190,7 @@ pub async fn run(task: Task) {
         gateway: gateway_id,
         client,
         metrics,
+        health,
         queue: Default::default(),
         next_read: [0; 2],
         more: [true; 2],
@@ -384,12 +389,16 @@ impl Forwarder {
         }
         let store = self.store.clone();
         let from = self.next_read[l];
-        let items = tokio::task::spawn_blocking(move || store.outbox_claim(lane, from, READ_BATCH))
-            .await
-            .unwrap_or_else(|e| {
-                error!(error = %e, "outbox read panicked");
-                Ok(Vec::new())
-            })?;
+        let busy = self.health.busy(Stage::Forward);
+        let items = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            store.outbox_claim(lane, from, READ_BATCH)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            error!(error = %e, "outbox read panicked");
+            Ok(Vec::new())
+        })?;
         if items.len() < READ_BATCH {
             self.more[l] = false;
         }
@@ -407,7 +416,9 @@ impl Forwarder {
         }
         let acked = std::mem::take(&mut self.acked);
         let store = self.store.clone();
+        let busy = self.health.busy(Stage::Forward);
         let result = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             let r = store.outbox_ack(&acked);
             (acked, r)
         })

@@ -16,6 +16,7 @@ use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES}
 use crate::config::{BrokerConfig, Subscription};
 use crate::link::Link;
 use crate::model::{EpochMs, Reason};
+use crate::ops::{Health, Stage};
 
 /// How long shutdown waits for the last acks to reach the broker.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -65,6 +66,7 @@ pub struct Task {
     /// Fires when the writer has committed and acked its last batch.
     pub writer_done: oneshot::Receiver<()>,
     pub metrics: Arc<IngestMetrics>,
+    pub health: Arc<Health>,
 }
 
 /// Run until shutdown. Never returns early on connection errors: it retries forever.
@@ -79,6 +81,7 @@ pub async fn run(task: Task) {
         mut shutdown,
         writer_done,
         metrics,
+        health,
     } = task;
     let mut link = Link::new("local", "broker", &broker);
     let addr = link.addr().to_string();
@@ -126,6 +129,7 @@ pub async fn run(task: Task) {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.messages.fetch_add(1, Ordering::Relaxed);
+                let busy = health.busy(Stage::Ingest);
                 let outcome = route(
                     &subscriptions,
                     broker.max_payload_bytes,
@@ -146,6 +150,7 @@ pub async fn run(task: Task) {
                     pkid: p.pkid,
                 });
                 drop(p);
+                drop(busy);
                 // Waiting here is the backpressure: no more reads from the socket.
                 let memory = tokio::select! {
                     permit = budget.acquire(bytes, MEMORY_BUDGET_BYTES) => permit,

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use super::route::Outcome;
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget};
+use crate::ops::{Health, Stage};
 use crate::store::{Batch, Commit, Store, StoreError};
 
 /// Decoded bytes a batch may hold before it is committed regardless of age.
@@ -119,6 +120,7 @@ pub struct Task {
     pub metrics: Arc<IngestMetrics>,
     /// Sequence number after the last committed reading, for whoever tails the log.
     pub committed_tx: watch::Sender<u64>,
+    pub health: Arc<Health>,
 }
 
 type InFlight = JoinHandle<(Result<Commit, StoreError>, Pending)>;
@@ -134,6 +136,7 @@ pub async fn run(task: Task) {
         done_tx,
         metrics,
         committed_tx,
+        health,
     } = task;
     let mut pending = Pending::default();
     let mut inflight: Option<InFlight> = None;
@@ -158,7 +161,9 @@ pub async fn run(task: Task) {
             retry_at = None;
             let batch = std::mem::take(&mut pending);
             let store = store.clone();
+            let busy = health.busy(Stage::Writer);
             inflight = Some(tokio::task::spawn_blocking(move || {
+                let _busy = busy;
                 (store.commit(&batch.batch), batch)
             }));
         }

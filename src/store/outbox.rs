@@ -20,7 +20,7 @@ use sled::Transactional;
 
 use tracing::error;
 
-use crate::model::{Aggregate, AlertEvent};
+use crate::model::{Aggregate, AlertEvent, EpochMs};
 
 use super::{from_cbor, key, seq_of, to_cbor, Meta, Store, StoreError, META_KEY};
 
@@ -47,6 +47,16 @@ impl Lane {
 pub enum OutboxEntry {
     Alert(AlertEvent),
     Aggregate(Aggregate),
+}
+
+impl OutboxEntry {
+    /// Event time the entry is about: the end of its window.
+    pub fn end_ms(&self) -> EpochMs {
+        match self {
+            OutboxEntry::Alert(a) => a.window_end_ms,
+            OutboxEntry::Aggregate(g) => g.end_ms,
+        }
+    }
 }
 
 /// An entry with its place in the lane (`seq`) and its message id number.

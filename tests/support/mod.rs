@@ -222,6 +222,8 @@ pub struct Options {
     pub default_device: String,
     /// Appended after the [store] table: further tables ([upstream] ...).
     pub extra_tables: String,
+    /// `[http] listen`: port 0 (any free port) unless a test asks for one.
+    pub http_listen: String,
 }
 
 impl Options {
@@ -237,6 +239,7 @@ impl Options {
             broker_extra: String::new(),
             default_device: "match = \"*\"\n".into(),
             extra_tables: String::new(),
+            http_listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -272,6 +275,9 @@ flush_interval_ms = {flush}
 flush_max_readings = {max}
 dead_letter_max_bytes = {dl_bytes}
 
+[http]
+listen = "{http}"
+
 {tables}
 "#,
             port = o.port,
@@ -284,6 +290,7 @@ dead_letter_max_bytes = {dl_bytes}
             max = o.flush_max_readings,
             dl_bytes = (o.budget_bytes / 2).min(1 << 20),
             tables = o.extra_tables,
+            http = o.http_listen,
         );
         let config = dir.path().join("vigil.toml");
         fs::write(&config, text).unwrap();
@@ -682,3 +689,160 @@ pub fn log_len(setup: &Setup) -> usize {
 }
 
 pub mod pki;
+
+impl VigilProcess {
+    /// `vigil run` like `start`, with extra environment variables (and
+    /// without any systemd variables this test process may have inherited).
+    pub fn start_with_env(setup: &Setup, env: &[(&str, &str)]) -> VigilProcess {
+        let log_path = setup.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut cmd = vigil_cmd();
+        cmd.args(["run", "--config"])
+            .arg(&setup.config)
+            .env("VIGIL_LOG", "info,vigil::ingest::writer=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        VigilProcess {
+            child: cmd.spawn().unwrap(),
+            log: log_path,
+        }
+    }
+
+    /// Send a signal (`"HUP"`, `"TERM"`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Still running (not exited)?
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The address of the health and metrics endpoint, from the log line
+    /// that announces it (the newest one: the log spans every start).
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        const NEEDLE: &str = "health and metrics endpoint listening on http://";
+        self.wait_for_log(NEEDLE, 1);
+        let log = self.log();
+        let at = log.rfind(NEEDLE).unwrap() + NEEDLE.len();
+        let addr = &log[at..at + log[at..].find('/').unwrap()];
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad endpoint address {addr:?}: {e}"))
+    }
+}
+
+/// One HTTP response: status, headers (names in lower case) and body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `path` over HTTP/1.1 with `Connection: close`, reading to the end.
+pub fn http_request(addr: std::net::SocketAddr, path: &str) -> HttpResponse {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut r = HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    };
+    if r.header("transfer-encoding") == Some("chunked") {
+        let mut rest = r.body.as_str();
+        let mut out = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+            let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+            if size == 0 {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        r.body = out;
+    }
+    r
+}
+
+/// GET `path` from the endpoint on loopback `port`: status and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let r = http_request(std::net::SocketAddr::from(([127, 0, 0, 1], port)), path);
+    (r.status, r.body)
+}
+
+/// The samples of a `/metrics` exposition by series as written
+/// (`name` or `name{k="v",...}`).
+pub fn metric_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let v = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad sample value in {l:?}")),
+            };
+            (series.to_string(), v)
+        })
+        .collect()
+}
+
+/// `/metrics` of the agent at `addr`, parsed (it must answer 200).
+pub fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let r = http_request(addr, "/metrics");
+    assert_eq!(r.status, 200, "/metrics answered {}: {}", r.status, r.body);
+    metric_samples(&r.body)
+}
+
+/// One series of a parsed exposition; panics when it is missing.
+pub fn series(samples: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no series {key} in /metrics: {samples:#?}"))
+}
