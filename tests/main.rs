@@ -11,6 +11,8 @@ mod formats;
 mod forward;
 mod forward_budget;
 mod fuzz;
+mod ops;
 mod quality;
 mod reconnect;
+mod reload;
 mod tls;

@@ -164,6 +164,11 @@ impl Condition {
         self.active.is_some()
     }
 
+    /// The severity of the open alert, if one is open.
+    pub fn active_severity(&self) -> Option<Severity> {
+        self.active.as_ref().map(|a| a.severity)
+    }
+
     /// Feed the check of one window ending at `end_ms`; returns the alert
     /// transition it causes, if any.
     pub fn step(

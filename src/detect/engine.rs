@@ -171,6 +171,19 @@ impl Engine {
         self.streams.len()
     }
 
+    /// Alerts open now, by severity (warning, alarm).
+    pub fn open_alerts(&self) -> [u64; 2] {
+        let mut open = [0; 2];
+        for s in self.streams.values() {
+            for c in s.state.conditions.values() {
+                if let Some(sev) = c.active_severity() {
+                    open[sev as usize] += 1;
+                }
+            }
+        }
+        open
+    }
+
     /// Put back a stream's state from a checkpoint. If its window settings
     /// changed since, its open windows start over.
     pub fn restore(&mut self, key: &str, mut state: StreamState) {

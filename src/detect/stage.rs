@@ -52,6 +52,8 @@ pub struct DetectMetrics {
     pub duplicates: AtomicU64,
     pub windows: AtomicU64,
     pub streams: AtomicU64,
+    /// Alerts open now, by severity (updated once a second).
+    pub open_alerts: [AtomicU64; 2],
 }
 
 pub struct Task {
@@ -208,6 +210,9 @@ pub async fn run(task: Task) {
             .streams
             .store(engine.streams() as u64, Ordering::Relaxed);
         if tick_due {
+            for (gauge, n) in metrics.open_alerts.iter().zip(engine.open_alerts()) {
+                gauge.store(n, Ordering::Relaxed);
+            }
             last_tick = Instant::now();
         }
         let processed = match result {
@@ -300,8 +305,16 @@ fn step(
     let reloaded = reload.is_some();
     if let Some(registry) = reload {
         // Before the batch: its windows close under the new settings.
-        let report = engine.reload(registry, now, &mut out);
-        info!(?report, "device settings reloaded");
+        let r = engine.reload(registry, now, &mut out);
+        info!(
+            unchanged = r.unchanged,
+            changed = r.changed,
+            windows_restarted = r.windows_restarted,
+            relearned = r.relearned,
+            alerts_retired = r.alerts_retired,
+            streams = ?r.changed_streams,
+            "device settings reloaded"
+        );
     }
     let mut next = cursor;
     let mut skipped = 0;

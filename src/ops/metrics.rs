@@ -420,6 +420,13 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
         "severity",
         by_severity(&d.cleared_by_severity),
     );
+    t.by(
+        "vigil_alerts_open",
+        Gauge,
+        "Alerts open now, by severity.",
+        "severity",
+        by_severity(&d.open_alerts),
+    );
     t.one(
         "vigil_aggregates_total",
         Counter,

@@ -265,7 +265,8 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
             &mut o,
             "alerts",
             format!(
-                "raised {}; cleared {} (since start)",
+                "{} open; raised {}, cleared {} since start",
+                sev("vigil_alerts_open"),
                 sev("vigil_alerts_raised_total"),
                 sev("vigil_alerts_cleared_total")
             ),

@@ -693,14 +693,29 @@ pub mod pki;
 impl VigilProcess {
     /// `vigil run` like `start`, with extra environment variables (and
     /// without any systemd variables this test process may have inherited).
-    pub fn start_with_env(setup: &Setup, env: &[(&str, &str)]) -> VigilProcess {
+    /// With `pid_var`, that variable holds vigil's own pid, as systemd sets
+    /// `WATCHDOG_PID`: a shell exports its `$$` and execs vigil in its place.
+    pub fn start_with_env(
+        setup: &Setup,
+        env: &[(&str, &str)],
+        pid_var: Option<&str>,
+    ) -> VigilProcess {
         let log_path = setup.log_path();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut cmd = vigil_cmd();
+        let mut cmd = match pid_var {
+            Some(var) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(format!("export {var}=$$; exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_vigil"));
+                c
+            }
+            None => vigil_cmd(),
+        };
         cmd.args(["run", "--config"])
             .arg(&setup.config)
             .env("VIGIL_LOG", "info,vigil::ingest::writer=debug")
