@@ -91,7 +91,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     // Bound before any stage starts, so that a taken port fails the start.
     let listener = match config.http {
         Some(addr) => Some(
-            ops::http::bind(addr)
+            tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AppError::Http { addr, source })?,
         ),

@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, UTC. Event time and receive time both use it.
 pub type EpochMs = i64;
 
+/// The wall clock now, in milliseconds since the Unix epoch (0 if the clock
+/// is before 1970).
+pub fn wall_ms() -> EpochMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as EpochMs)
+        .unwrap_or(0)
+}
+
 /// `ms` as RFC 3339 in UTC, with milliseconds only when there are any.
 pub fn rfc3339(ms: EpochMs) -> String {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::DeviceRegistry;
-use crate::model::{AlertKind, EpochMs};
+use crate::model::{wall_ms, AlertKind};
 use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
 
@@ -67,13 +67,6 @@ pub struct Task {
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<DetectMetrics>,
     pub health: Arc<Health>,
-}
-
-fn wall_ms() -> EpochMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as EpochMs)
-        .unwrap_or(0)
 }
 
 /// Rebuild the engine from the store's checkpoints.

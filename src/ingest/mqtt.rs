@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,7 +15,7 @@ use super::route::{route, Outcome};
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
 use crate::config::{BrokerConfig, Subscription};
 use crate::link::Link;
-use crate::model::{EpochMs, Reason};
+use crate::model::{wall_ms, Reason};
 use crate::ops::{Health, Stage};
 
 /// How long shutdown waits for the last acks to reach the broker.
@@ -46,13 +46,6 @@ pub fn connect(broker: &BrokerConfig) -> Result<(AsyncClient, EventLoop), MqttEr
         .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20);
     opts.set_request_channel_capacity(REQUEST_CAPACITY);
     Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
-}
-
-fn now_ms() -> EpochMs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as EpochMs)
-        .unwrap_or(0)
 }
 
 pub struct Task {
@@ -135,7 +128,7 @@ pub async fn run(task: Task) {
                     broker.max_payload_bytes,
                     &p.topic,
                     &p.payload,
-                    now_ms(),
+                    wall_ms(),
                 );
                 if let Outcome::Rejected(dl) = &outcome {
                     metrics.rejected.fetch_add(1, Ordering::Relaxed);

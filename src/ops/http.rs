@@ -1,8 +1,5 @@
 //! The health and metrics endpoint (axum on one loopback port by default).
 //! It only reads: nothing here can change what vigil does.
-
-use std::net::SocketAddr;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,11 +10,6 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::{metrics, Observed};
-
-/// Bind the endpoint's port (so that a taken port fails the start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
 
 pub fn router(observed: Observed) -> Router {
     Router::new()

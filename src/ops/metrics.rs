@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::model::{Reason, Severity};
+use crate::model::{wall_ms, Reason, Severity};
 use crate::store::{Lane, StoreError};
 
 use super::Observed;
@@ -151,17 +151,10 @@ fn process() -> Process {
     p
 }
 
-fn wall_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// Render every metric. Reads the store (blocking: call off the runtime).
 pub fn render(o: &Observed) -> Result<String, StoreError> {
     let stats = o.store.stats()?;
-    let now = wall_seconds();
+    let now = wall_ms() as f64 / 1000.0;
     let mut oldest = [0.0; 2];
     for lane in Lane::ALL {
         if let Some(item) = o.store.outbox_oldest(lane)? {

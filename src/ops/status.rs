@@ -132,10 +132,7 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
                 Err(reason) => format!("running, NOT READY ({reason})"),
             };
             let _ = writeln!(o, "vigil {version} on {gateway}: {state}  [{url}]");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
+            let now = crate::model::wall_ms() as f64 / 1000.0;
             let start = s.n("process_start_time_seconds", &[]);
             let _ = writeln!(o, "  uptime         {}", duration(now - start));
         }
