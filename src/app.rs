@@ -1,5 +1,5 @@
 //! The one place that creates channels and spawns stages, in flow order:
-//! local broker → ingest (event loop task → writer task) → store → detect
+//! local broker (embedded, when configured) → ingest (event loop task → writer task) → store → detect
 //! → forward → upstream broker; beside them the health and metrics endpoint.
 //! A running agent also takes reloads of its device files and tells the
 //! systemd watchdog whether its stages make progress.
@@ -35,6 +35,8 @@ pub enum AppError {
     Mqtt(#[from] ingest::MqttError),
     #[error(transparent)]
     Forward(#[from] forward::ForwardError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("a stage failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error(
@@ -98,6 +100,12 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         None => None,
     };
     let http_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    // The sensors' broker, when vigil hosts it, before ingest connects to it.
+    if let Some(embedded) = &config.embedded_broker {
+        let embedded = embedded.clone();
+        tokio::task::spawn_blocking(move || crate::broker::start(&embedded)).await??;
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(IngestMetrics::default());

@@ -84,6 +84,71 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Simulate a fleet of pumps publishing temperature and vibration
+    /// readings, with injected faults, to an MQTT broker (demos, tests, load).
+    Simulate(SimulateArgs),
+    /// See vigil do its whole job, with nothing installed: its embedded
+    /// broker, a simulated fleet with injected faults, detection, and
+    /// forwarding to a plant broker through an uplink cut for a while.
+    Demo {
+        /// How long the fleet publishes (wall time, at least 40s).
+        #[arg(long, default_value = "120s")]
+        duration: String,
+        /// Plant time per wall time: 60 makes a second a plant minute.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Seed of the simulated signals.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The broker, as HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Number of devices: pump-01, pump-02, ...
+    #[arg(long, default_value_t = 8)]
+    devices: usize,
+    /// Readings per second (wall time) per stream; each device has two
+    /// streams, temperature and vibration.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    rate: f64,
+    /// How long to run, wall time (500ms, 30s, 2m, 1h); default: until Ctrl-C.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Stop after this many messages in all.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Publish as fast as the broker takes it, without pacing (a load test).
+    #[arg(long)]
+    flat_out: bool,
+    /// Plant (event) time per wall time: 60 makes a wall second a plant minute.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    speed: f64,
+    /// Vibration as velocity RMS in mm/s (JSON) or as blocks of acceleration samples (CBOR).
+    #[arg(long, default_value = "rms", value_parser = ["rms", "waveform"])]
+    vibration: String,
+    /// Faults, comma-separated KIND:DEVICE@TIME (bearing, overheat, stuck,
+    /// silent, garbage), e.g. bearing:pump-03@30s,silent:pump-04@45s.
+    #[arg(long)]
+    faults: Option<String>,
+    /// QoS of the publishes, 0 or 1.
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Seed of the random signals: the same seed sends the same values.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Prefix of the device names.
+    #[arg(long, default_value = vigil::simulate::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Topic template, with {device} and {metric}.
+    #[arg(long, default_value = vigil::simulate::DEFAULT_TOPIC)]
+    topic: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +193,12 @@ fn main() -> ExitCode {
             },
             json,
         ),
+        Command::Demo {
+            duration,
+            speed,
+            seed,
+        } => demo(duration, speed, seed),
+        Command::Simulate(args) => simulate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,7 +236,12 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 fn init_logging(level: &str) {
-    let filter = std::env::var("VIGIL_LOG").unwrap_or_else(|_| level.to_string());
+    let mut filter = std::env::var("VIGIL_LOG").unwrap_or_else(|_| level.to_string());
+    // The embedded broker logs every connection at INFO; its warnings are
+    // enough unless a filter asks for more.
+    if !filter.contains("rumqttd") {
+        filter.push_str(",rumqttd=warn");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -463,6 +539,92 @@ fn backtest(opts: vigil::backtest::Options, json: bool) -> anyhow::Result<()> {
     } else {
         vigil::backtest::run::print_text(&report);
     }
+    Ok(())
+}
+
+/// `vigil simulate`: a line for the plan, one per fault as it begins, one
+/// for the summary. Ctrl-C (or SIGTERM) ends the run with its summary.
+fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    use vigil::simulate::report;
+    init_logging("warn");
+    let json = a.json;
+    let raw = vigil::simulate::RawOptions {
+        broker: a.broker,
+        devices: a.devices,
+        device_prefix: a.prefix,
+        topic: a.topic,
+        rate_hz: a.rate,
+        duration: a.duration,
+        count: a.count,
+        flat_out: a.flat_out,
+        speed: a.speed,
+        vibration: a.vibration,
+        faults: a.faults,
+        qos: a.qos,
+        seed: a.seed,
+    };
+    let invalid = |e: vigil::simulate::SimError| anyhow::anyhow!("invalid options:\n{e}");
+    let mut opts = raw.parse().map_err(invalid)?;
+    let plan = opts.plan(vigil::model::wall_ms()).map_err(invalid)?;
+    // The start line and the run use the same event times.
+    opts.start_ms = Some(plan.start_ms);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(async {
+        println!("{}", report::start_line(&plan, json));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let (injection_tx, mut injection_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Ends when the run drops its sender: every fault line comes before the summary.
+        let printer = tokio::spawn(async move {
+            while let Some(i) = injection_rx.recv().await {
+                println!("{}", report::injection_line(&i, json));
+            }
+        });
+        let result = vigil::simulate::run(opts, Some(injection_tx), stop_rx).await;
+        let _ = printer.await;
+        result
+    })?;
+    println!("{}", report::summary_line(&summary, json));
+    Ok(())
+}
+
+fn demo(duration: String, speed: f64, seed: u64) -> anyhow::Result<()> {
+    // The live view is the output; only vigil's own errors go to stderr
+    // (the embedded brokers log each connection the demo cuts).
+    init_logging("error,rumqttd=off");
+    let duration = vigil::simulate::parse_duration(&duration)
+        .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+    if !(1.0..=3600.0).contains(&speed) {
+        anyhow::bail!("--speed {speed} is out of range; expected 1 to 3600");
+    }
+    let opts = vigil::demo::Options {
+        duration,
+        speed,
+        seed,
+        tty: std::io::stdout().is_terminal(),
+        ..vigil::demo::Options::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        vigil::demo::run(opts, stop_rx).await
+    });
+    // The embedded brokers' threads have no stop; the process exit ends them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    report?;
     Ok(())
 }
 

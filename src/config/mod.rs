@@ -9,6 +9,7 @@ mod detection_raw;
 mod detection_vibration;
 mod devices;
 mod diag;
+mod embedded;
 mod topic;
 mod upstream;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};
+pub use embedded::{EmbeddedBrokerConfig, DEFAULT_EMBEDDED_LISTEN};
 pub use topic::{check_name, filter_matches, validate_filter, TopicIds, TopicTemplate};
 pub use upstream::{Encoding, OutTopic, UpstreamConfig};
 
@@ -39,6 +41,8 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// Where the health and metrics endpoint listens; `None`: switched off.
     pub http: Option<SocketAddr>,
+    /// An MQTT broker inside vigil; `None`: the sensors' broker is elsewhere.
+    pub embedded_broker: Option<EmbeddedBrokerConfig>,
     pub devices_dir: PathBuf,
     pub devices: DeviceRegistry,
 }
@@ -129,6 +133,7 @@ struct RawConfig {
     store: Option<RawStore>,
     upstream: Option<upstream::RawUpstream>,
     http: Option<RawHttp>,
+    embedded_broker: Option<embedded::RawEmbedded>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +143,7 @@ struct RawHttp {
     listen: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBroker {
     host: Option<String>,
@@ -285,7 +290,15 @@ fn validate(
         ));
     }
 
-    let broker = validate_broker(src, base, raw.broker, &gateway_id, errors);
+    let embedded_broker = embedded::validate(src, raw.embedded_broker, errors);
+    let broker = validate_broker(
+        src,
+        base,
+        raw.broker,
+        embedded_broker.as_ref(),
+        &gateway_id,
+        errors,
+    );
 
     let mut subscriptions = Vec::new();
     match raw.subscriptions {
@@ -349,6 +362,7 @@ fn validate(
         store: store?,
         upstream,
         http,
+        embedded_broker,
         devices_dir,
         devices: devices?,
     })
@@ -384,16 +398,28 @@ fn validate_broker(
     src: &Source,
     base: &Path,
     raw: Option<RawBroker>,
+    embedded: Option<&EmbeddedBrokerConfig>,
     gateway_id: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<BrokerConfig> {
-    let Some(raw) = raw else {
-        errors.push(src.error(
-            None,
-            "broker: missing; expected a [broker] table with at least `host`",
-        ));
-        return None;
+    let mut raw = match (raw, embedded) {
+        (Some(raw), _) => raw,
+        (None, Some(_)) => RawBroker::default(),
+        (None, None) => {
+            errors.push(src.error(
+                None,
+                "broker: missing; expected a [broker] table with at least `host` (or an [embedded_broker] with enabled = true)",
+            ));
+            return None;
+        }
     };
+    // With the embedded broker, vigil's own connection goes to it unless
+    // [broker] names another.
+    if let (None, Some(e)) = (&raw.host, embedded) {
+        let (host, port) = e.local_address();
+        raw.host = Some(host);
+        raw.port = raw.port.or(Some(port));
+    }
     validate_connection(
         src,
         base,

@@ -328,3 +328,61 @@ fn upstream_on_the_local_broker_needs_its_own_client_id() {
     let (_dir, path) = setup(&ok, &[]);
     assert!(load(&path).is_ok());
 }
+
+#[test]
+fn embedded_broker_is_off_unless_enabled_and_stands_in_for_a_missing_broker_table() {
+    let without_broker = GOOD.replace("[broker]\nhost = \"127.0.0.1\"\n", "");
+    // Off by default: no embedded broker, and then [broker] is required.
+    let (_d, path) = setup(
+        &format!("{GOOD}\n[embedded_broker]\nlisten = \"0.0.0.0:1884\"\n"),
+        &[],
+    );
+    assert!(load(&path).unwrap().embedded_broker.is_none());
+    let errs = errors_of(&without_broker, &[]);
+    assert!(errs[0].message.contains("[embedded_broker]"), "{errs:?}");
+
+    let (_d, path) = setup(
+        &format!(
+            "{without_broker}\n[embedded_broker]\nenabled = true\nlisten = \"0.0.0.0:1884\"\n"
+        ),
+        &[],
+    );
+    let c = load(&path).unwrap();
+    let e = c.embedded_broker.expect("enabled");
+    assert_eq!(e.listen, "0.0.0.0:1884".parse().unwrap());
+    assert_eq!((e.max_connections, e.max_payload_bytes), (1000, 1 << 20));
+    // Listening on every interface: vigil itself connects over loopback.
+    assert_eq!((c.broker.host.as_str(), c.broker.port), ("127.0.0.1", 1884));
+
+    // A [broker] table that names a host wins.
+    let (_d, path) = setup(&format!("{GOOD}\n[embedded_broker]\nenabled = true\n"), &[]);
+    let c = load(&path).unwrap();
+    assert_eq!((c.broker.host.as_str(), c.broker.port), ("127.0.0.1", 1883));
+    assert_eq!(c.embedded_broker.unwrap().listen.port(), 1883);
+}
+
+#[test]
+fn embedded_broker_errors_name_the_key_and_line() {
+    let main = format!(
+        "{GOOD}\n[embedded_broker]\nenabled = true\nlisten = \"localhost\"\nmax_connections = 1\nqueue_bytes = 10\n"
+    );
+    let errs = errors_of(&main, &[]);
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    for (needle, line) in [
+        (
+            "embedded_broker.listen: \"localhost\" is not an address",
+            15,
+        ),
+        ("embedded_broker.max_connections: 1 is out of range", 16),
+        ("embedded_broker.queue_bytes: 10 is out of range", 17),
+    ] {
+        let e = errs
+            .iter()
+            .find(|e| e.message.contains(needle) || e.to_string().contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {text:#?}"));
+        assert_eq!(e.line, Some(line), "{e}");
+    }
+    let port0 = format!("{GOOD}\n[embedded_broker]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
+    let errs = errors_of(&port0, &[]);
+    assert!(errs[0].to_string().contains("port 0"), "{errs:?}");
+}

@@ -39,6 +39,22 @@ impl Check {
         let sev = self.severity.map(|s| s.as_str()).unwrap_or("normal");
         let lim = self.limit.map(fmt_num).unwrap_or_default();
         let score = format!("score {:.3}", self.score);
+        // A normal window (the one that clears an alert) has no limit it
+        // crossed: say where the value is.
+        if self.severity.is_none() {
+            match self.detector {
+                "limit" | "iso10816" => {
+                    return format!("{f} {v}{u} is back within its limits ({score})")
+                }
+                "rate" => {
+                    return format!(
+                        "{f} changing at {}{u}/min, back within its limits ({score})",
+                        fmt_num(self.statistic.unwrap_or(0.0)),
+                    )
+                }
+                _ => {}
+            }
+        }
         match self.detector {
             "limit" => format!(
                 "{f} {v}{u} is {} the {sev} limit {lim}{u} ({score})",
@@ -396,6 +412,29 @@ mod tests {
             score: if sev.is_some() { 0.9 } else { 0.0 },
             note: "above",
         }
+    }
+
+    #[test]
+    fn a_normal_window_says_the_value_is_back_within_its_limits() {
+        let normal = check(None, 50.0);
+        assert_eq!(
+            normal.explain("degC"),
+            "mean 50 degC is back within its limits (score 0.000)"
+        );
+        let rate = Check {
+            detector: "rate",
+            statistic: Some(0.1),
+            limit: None,
+            ..check(None, 50.0)
+        };
+        assert_eq!(
+            rate.explain("degC"),
+            "mean changing at 0.1 degC/min, back within its limits (score 0.000)"
+        );
+        // A crossing still names the limit.
+        assert!(check(Some(Severity::Warning), 85.0)
+            .explain("degC")
+            .contains("above the warning limit 80 degC"));
     }
 
     fn run(seq: &[Option<Severity>]) -> Vec<AlertEvent> {
