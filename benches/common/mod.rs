@@ -1,4 +1,4 @@
-//! Shared by the benchmarks (detect, forward): their command line,
+//! Shared by the benchmarks (detect, forward, e2e): their command line,
 //! deterministic noise, number formatting, the machine's CPU model, and the
 //! Markdown report they print.
 
@@ -173,19 +173,34 @@ impl Report {
             let _ = write!(s, " · --quick ({} of the work)", self.quick_share);
         }
         let _ = writeln!(s, "\n");
-        let _ = writeln!(s, "| measurement | setup | result | target | |");
-        let _ = writeln!(s, "|---|---|---|---|---|");
+        // A benchmark that only reports (no row has a target) gets no
+        // target columns.
+        let targets = self
+            .rows
+            .iter()
+            .any(|r| !r.target.is_empty() || r.met.is_some());
+        if targets {
+            let _ = writeln!(s, "| measurement | setup | result | target | |");
+            let _ = writeln!(s, "|---|---|---|---|---|");
+        } else {
+            let _ = writeln!(s, "| measurement | setup | result |");
+            let _ = writeln!(s, "|---|---|---|");
+        }
         for r in &self.rows {
             let verdict = match r.met {
                 Some(true) => "met",
                 Some(false) => "**MISSED**",
                 None => "",
             };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                r.what, r.setup, r.result, r.target, verdict
-            );
+            if targets {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    r.what, r.setup, r.result, r.target, verdict
+                );
+            } else {
+                let _ = writeln!(s, "| {} | {} | {} |", r.what, r.setup, r.result);
+            }
         }
         if !self.details.is_empty() {
             let _ = writeln!(s, "\nDetails:\n");
@@ -206,3 +221,28 @@ pub fn build_kind() -> &'static str {
         "optimised build"
     }
 }
+
+/// A device file for latency measurements: one window per reading and a
+/// static limit on the mean, alerts raised and cleared by a single window,
+/// no learned baseline. Every reading is an aggregate, every reading above
+/// the limit an alert. (The detection benchmark has no use for it.)
+#[allow(dead_code)]
+pub const ONE_READING_DEVICE: &str = r#"
+match = "*"
+description = "Benchmark sensor: one window per reading, a static limit"
+
+[alerts]
+raise_after = 1
+clear_after = 1
+
+[metrics."*"]
+unit = "degC"
+window_readings = 1
+
+[metrics."*".limits.mean]
+warning_above = 80.0
+alarm_above = 95.0
+
+[metrics."*".baseline]
+enabled = false
+"#;

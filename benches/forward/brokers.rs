@@ -1,6 +1,7 @@
 //! The MQTT side: Mosquitto brokers on free loopback ports, the upstream
 //! subscriber that notes when each message arrives, and the tally of what
-//! it got.
+//! it got. Shared with the end-to-end benchmark (benches/e2e), which also
+//! stops and restarts a broker (an uplink outage).
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -27,7 +28,7 @@ pub fn mosquitto_path() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -38,11 +39,18 @@ fn free_port() -> u16 {
 pub struct Broker {
     child: Child,
     pub port: u16,
+    mosquitto: PathBuf,
     dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start(mosquitto: &Path, scratch: &Path) -> Broker {
+        Broker::start_with(mosquitto, scratch, "")
+    }
+
+    /// With `extra` lines appended to mosquitto.conf (`{dir}` in them is
+    /// the broker's own directory).
+    pub fn start_with(mosquitto: &Path, scratch: &Path, extra: &str) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("mosquitto")
             .tempdir_in(scratch)
@@ -51,28 +59,34 @@ impl Broker {
         // As tests/support: no limit on queued QoS 1 messages, a wide window
         // towards each subscriber.
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n{}",
+            extra.replace("{dir}", &dir.path().display().to_string())
         );
-        let conf_path = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("broker log");
-        let child = Command::new(mosquitto)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(log.try_clone().expect("broker log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", mosquitto.display()));
-        let broker = Broker { child, port, dir };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                let log = std::fs::read_to_string(broker.dir.path().join("mosquitto.log"));
-                panic!("mosquitto did not listen on port {port}: {log:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let child = spawn_mosquitto(mosquitto, dir.path(), port);
+        Broker {
+            child,
+            port,
+            mosquitto: mosquitto.to_path_buf(),
+            dir,
         }
-        broker
+    }
+
+    /// Stop the broker as its service manager would (SIGTERM: with
+    /// `persistence true` it saves its sessions and queued messages).
+    #[allow(dead_code)] // the e2e benchmark's uplink outage
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again after `stop`, on the same port with the same config.
+    #[allow(dead_code)] // the e2e benchmark's uplink outage
+    pub fn restart(&mut self) {
+        self.child = spawn_mosquitto(&self.mosquitto, self.dir.path(), self.port);
     }
 
     pub fn cpu(&self) -> f64 {
@@ -85,6 +99,34 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Mosquitto on `dir`/mosquitto.conf, logging to `dir`/mosquitto.log
+/// (appended: a restarted broker adds to it), once it listens on `port`.
+fn spawn_mosquitto(mosquitto: &Path, dir: &Path, port: u16) -> Child {
+    let log_path = dir.join("mosquitto.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("broker log");
+    let mut child = Command::new(mosquitto)
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(log.try_clone().expect("broker log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", mosquitto.display()));
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path);
+            panic!("mosquitto did not listen on port {port}: {log:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 // ------------------------------------------------------------ subscriber
@@ -100,6 +142,13 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16) -> Subscriber {
+        Subscriber::start_with(port, false)
+    }
+
+    /// `persistent`: with a persistent session (clean session off), so that
+    /// what is published while it is cut off from a restarted broker (one
+    /// with `persistence true`) waits for it there.
+    pub fn start_with(port: u16, persistent: bool) -> Subscriber {
         let received = Arc::new(AtomicU64::new(0));
         let ready = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicU64::new(0));
@@ -110,6 +159,7 @@ impl Subscriber {
             async move {
                 let mut opts = MqttOptions::new(format!("bench-sub-{port}"), "127.0.0.1", port);
                 opts.set_keep_alive(Duration::from_secs(30))
+                    .set_clean_session(!persistent)
                     .set_max_packet_size(1 << 20, 1 << 20);
                 let (client, mut eventloop) = AsyncClient::new(opts, 100);
                 client
@@ -117,6 +167,8 @@ impl Subscriber {
                     .await
                     .expect("queue the subscription");
                 let mut got = Vec::new();
+                // Said once per outage, not on every retry.
+                let mut failing = false;
                 loop {
                     tokio::select! {
                         ev = eventloop.poll() => match ev {
@@ -125,9 +177,16 @@ impl Subscriber {
                                 r.fetch_add(1, Relaxed);
                             }
                             Ok(Event::Incoming(Packet::SubAck(_))) => ok.store(true, Relaxed),
+                            Ok(Event::Incoming(Packet::ConnAck(_))) if failing => {
+                                eprintln!("[bench] subscriber reconnected");
+                                failing = false;
+                            }
                             Ok(_) => {}
                             Err(e) => {
-                                eprintln!("[bench-forward] subscriber: {e}");
+                                if !failing {
+                                    eprintln!("[bench] subscriber: {e}; retrying every 100 ms");
+                                    failing = true;
+                                }
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                         },

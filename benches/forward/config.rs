@@ -7,28 +7,6 @@ use vigil::config::{Config, UpstreamConfig};
 
 use crate::GATEWAY;
 
-/// One window per reading, a static limit on the mean, alerts raised and
-/// cleared by a single window, no learned baseline.
-const DEVICE_FILE: &str = r#"
-match = "*"
-description = "Benchmark sensor: one window per reading, a static limit"
-
-[alerts]
-raise_after = 1
-clear_after = 1
-
-[metrics."*"]
-unit = "degC"
-window_readings = 1
-
-[metrics."*".limits.mean]
-warning_above = 80.0
-alarm_above = 95.0
-
-[metrics."*".baseline]
-enabled = false
-"#;
-
 /// Write vigil.toml and devices/ into `dir` and load them like a user's.
 pub fn config(
     dir: &Path,
@@ -38,7 +16,11 @@ pub fn config(
     flush_ms: u64,
 ) -> Config {
     std::fs::create_dir_all(dir.join("devices")).expect("a devices directory");
-    std::fs::write(dir.join("devices/bench.toml"), DEVICE_FILE).expect("write a device file");
+    std::fs::write(
+        dir.join("devices/bench.toml"),
+        crate::common::ONE_READING_DEVICE,
+    )
+    .expect("write a device file");
     let text = format!(
         r#"gateway_id = "{GATEWAY}"
 log_level = "warn"

@@ -38,7 +38,7 @@ pub async fn wait_for_async(what: &str, limit: Duration, mut cond: impl FnMut() 
     let start = Instant::now();
     while !cond() {
         if start.elapsed() >= limit {
-            eprintln!("[bench-forward] gave up waiting until {what}");
+            eprintln!("[bench] gave up waiting until {what}");
             return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

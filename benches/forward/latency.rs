@@ -15,8 +15,8 @@ use crate::common::{grouped, Report};
 use crate::config::config;
 use crate::helpers::{percentile, secs, wait_for_async};
 use crate::machine::Cpu;
-use crate::publisher::{spawn_publisher, SPIKE_EVERY};
-use crate::timings::{breakdown, latencies, spread, Sampler};
+use crate::publisher::{spawn_publisher, Load, SPIKE_EVERY};
+use crate::timings::{breakdown, hop_latencies, latencies, spread, Sampler};
 use crate::T0;
 
 pub const DEVICES: u64 = 50;
@@ -89,7 +89,14 @@ async fn latency_once(
 
     let sampler = Sampler::start(im.clone(), running.detect_metrics().clone());
     let pub_tid = Arc::new(AtomicU64::new(0));
-    let publisher = spawn_publisher(local.port, seconds, pub_tid.clone());
+    let load = Load {
+        rate_per_s: RATE_PER_S,
+        devices: DEVICES,
+        metrics: &["temperature"],
+        spikes: true,
+        seconds,
+    };
+    let publisher = spawn_publisher(local.port, load, pub_tid.clone());
     // Its thread id, so that its CPU is counted apart from vigil's.
     while pub_tid.load(Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -160,15 +167,7 @@ async fn latency_once(
     }
     let got = sub.finish();
     let l = latencies(&got);
-    let mut hop: Vec<f64> = tap
-        .finish()
-        .iter()
-        .filter_map(|(at, p)| {
-            let v: serde_json::Value = serde_json::from_slice(&p.payload).ok()?;
-            Some(at - v["time"].as_f64()?)
-        })
-        .collect();
-    hop.sort_by(f64::total_cmp);
+    let hop = hop_latencies(&tap.finish());
     let p99 = percentile(&l.alerts, 99.0);
     rep.row(
         &format!("2. alert latency, flush {flush_ms} ms"),

@@ -1,6 +1,8 @@
-//! The sensors of the latency measurement: one MQTT client publishing
-//! 5,000 readings/s at QoS 1 on its own thread, every reading stamped with
-//! its publish time, every 100th of a device above the limit.
+//! Paced sensors: one MQTT client publishing a fixed number of readings
+//! per second at QoS 1 on its own thread, every reading stamped with its
+//! publish time, optionally every 100th of a stream above the limit (the
+//! latency measurements here and in benches/e2e; the e2e benchmark's
+//! steady loads).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -13,14 +15,27 @@ use vigil::model::EpochMs;
 
 use crate::common::Noise;
 use crate::helpers::{secs, spawn_with_runtime, wait_for_async};
-use crate::latency::{DEVICES, RATE_PER_S};
 use crate::machine::thread_cpu;
 use crate::PATIENCE;
 
 /// Burst spacing of the publisher.
 const TICK: Duration = Duration::from_millis(2);
-/// Every this many readings of a device, one is above the limit.
+/// Every this many readings of a stream, one is above the limit.
 pub const SPIKE_EVERY: u64 = 100;
+
+/// What the sensors send: `devices` devices (`sensor-00`, ...) with
+/// `metrics` each, on `plant/l1/{device}/{metric}`, streams in turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub rate_per_s: f64,
+    pub devices: u64,
+    pub metrics: &'static [&'static str],
+    /// Every `SPIKE_EVERY`th reading of a stream at 100 (above the limit),
+    /// the others around 50 (±2); without spikes, a temperature around 50
+    /// and any other metric around 2.0 (±0.2, e.g. velocity RMS in mm/s).
+    pub spikes: bool,
+    pub seconds: f64,
+}
 
 /// What the sensor side did.
 pub struct Published {
@@ -40,14 +55,22 @@ pub struct Published {
     pub marks: HashMap<(String, EpochMs), u64>,
 }
 
-/// Publish `seconds` × 5,000 readings at QoS 1 from one client on its own
-/// thread: 50 devices in turn, bursts every 2 ms, each reading stamped with
-/// the wall-clock time it is handed to the client.
+/// Publish `seconds` × `rate_per_s` readings at QoS 1 from one client on
+/// its own thread: the streams in turn, bursts every 2 ms, each reading
+/// stamped with the wall-clock time it is handed to the client.
 pub fn spawn_publisher(
     port: u16,
-    seconds: f64,
+    load: Load,
     tid_out: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Published> {
+    let Load {
+        rate_per_s,
+        devices,
+        metrics,
+        spikes: with_spikes,
+        seconds,
+    } = load;
+    let streams = devices * metrics.len() as u64;
     spawn_with_runtime("bench-pub", move |tid| {
         tid_out.store(tid, Relaxed);
         async move {
@@ -71,7 +94,7 @@ pub fn spawn_publisher(
                         Ok(_) => {}
                         Err(_) if z.load(Relaxed) => break,
                         Err(e) => {
-                            eprintln!("[bench-forward] publisher: {e}");
+                            eprintln!("[bench] publisher: {e}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
@@ -84,10 +107,10 @@ pub fn spawn_publisher(
             )
             .await;
 
-            let total = (seconds * RATE_PER_S) as u64;
+            let total = (seconds * rate_per_s) as u64;
             let mut rng = Noise(0x2545_F491_4F6C_DD1D);
-            let mut count = vec![0u64; DEVICES as usize];
-            let mut last_was_spike = vec![false; DEVICES as usize];
+            let mut count = vec![0u64; streams as usize];
+            let mut last_was_spike = vec![false; streams as usize];
             let mut marks = HashMap::new();
             let (mut i, mut spikes, mut behind) = (0u64, 0u64, Duration::ZERO);
             let start = tokio::time::Instant::now();
@@ -96,25 +119,30 @@ pub fn spawn_publisher(
                 tick += 1;
                 tokio::time::sleep_until(start + TICK * tick).await;
                 let elapsed = start.elapsed();
-                let due = ((secs(elapsed) * RATE_PER_S) as u64).min(total);
+                let due = ((secs(elapsed) * rate_per_s) as u64).min(total);
                 if i < due {
                     behind = behind.max(
-                        elapsed.saturating_sub(Duration::from_secs_f64(i as f64 / RATE_PER_S)),
+                        elapsed.saturating_sub(Duration::from_secs_f64(i as f64 / rate_per_s)),
                     );
                 }
                 while i < due {
-                    let d = i % DEVICES;
-                    let c = count[d as usize];
-                    count[d as usize] += 1;
-                    // Devices spike at different moments: device d at its
-                    // readings 2d + 1, 2d + 1 + 100, ...
-                    let spike = c % SPIKE_EVERY == (2 * d + 1) % SPIKE_EVERY;
-                    let clears = std::mem::replace(&mut last_was_spike[d as usize], spike);
+                    // Stream s: device s / metrics, metric s % metrics.
+                    let s = i % streams;
+                    let d = s / metrics.len() as u64;
+                    let metric = metrics[(s % metrics.len() as u64) as usize];
+                    let c = count[s as usize];
+                    count[s as usize] += 1;
+                    // Streams spike at different moments: stream s at its
+                    // readings 2s + 1, 2s + 1 + 100, ...
+                    let spike = with_spikes && c % SPIKE_EVERY == (2 * s + 1) % SPIKE_EVERY;
+                    let clears = std::mem::replace(&mut last_was_spike[s as usize], spike);
                     let value = if spike {
                         spikes += 1;
                         100.0
-                    } else {
+                    } else if with_spikes || metric == "temperature" {
                         50.0 + 4.0 * (rng.uniform() - 0.5)
+                    } else {
+                        2.0 + 0.4 * (rng.uniform() - 0.5)
                     };
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -126,7 +154,7 @@ pub fn spawn_publisher(
                     }
                     client
                         .publish(
-                            format!("plant/l1/{device}/temperature"),
+                            format!("plant/l1/{device}/{metric}"),
                             QoS::AtLeastOnce,
                             false,
                             payload,

@@ -28,6 +28,20 @@ pub struct Latencies {
     pub firsts: Vec<(String, EpochMs, f64)>,
 }
 
+/// The MQTT hop alone, in ms, sorted: arrival at a plain subscriber of the
+/// sensors' broker minus the publish time each reading carries (`"time"`).
+pub fn hop_latencies(tapped: &[(f64, Publish)]) -> Vec<f64> {
+    let mut hop: Vec<f64> = tapped
+        .iter()
+        .filter_map(|(at, p)| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).ok()?;
+            Some(at - v["time"].as_f64()?)
+        })
+        .collect();
+    hop.sort_by(f64::total_cmp);
+    hop
+}
+
 pub fn latencies(got: &[(f64, Publish)]) -> Latencies {
     let mut l = Latencies {
         alerts: Vec::new(),
@@ -41,7 +55,7 @@ pub fn latencies(got: &[(f64, Publish)]) -> Latencies {
     let mut ids = std::collections::HashSet::new();
     for (at, p) in got.iter().filter(|(_, p)| is_entry(p)) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
-            eprintln!("[bench-forward] undecodable message on {}", p.topic);
+            eprintln!("[bench] undecodable message on {}", p.topic);
             continue;
         };
         let Some(end) = v["end_ms"].as_f64() else {

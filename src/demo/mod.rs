@@ -140,25 +140,21 @@ impl Drop for TempDir {
     }
 }
 
-/// The fault schedule, as fractions of the duration: after the baseline's
-/// warm-up, before the outage, and one during it.
-fn faults(duration: Duration) -> Vec<(Fault, Vibration)> {
-    let at = |f: f64| duration.mul_f64(f);
+/// The fault schedule, as fractions of the duration: five before the
+/// outage (most after the learned baselines' warm-up), one during it.
+fn faults(duration: Duration) -> Vec<Fault> {
     let fault = |kind, device: &str, f| Fault {
         kind,
         device: device.into(),
-        at: at(f),
+        at: duration.mul_f64(f),
     };
     vec![
-        (fault(FaultKind::Garbage, "pump-02", 0.15), Vibration::Rms),
-        (fault(FaultKind::Overheat, "pump-03", 0.25), Vibration::Rms),
-        (
-            fault(FaultKind::Bearing, "motor-01", 0.30),
-            Vibration::waveform(),
-        ),
-        (fault(FaultKind::Bearing, "pump-05", 0.35), Vibration::Rms),
-        (fault(FaultKind::Stuck, "pump-07", 0.42), Vibration::Rms),
-        (fault(FaultKind::Silent, "pump-09", 0.55), Vibration::Rms),
+        fault(FaultKind::Garbage, "pump-02", 0.15),
+        fault(FaultKind::Overheat, "pump-03", 0.25),
+        fault(FaultKind::Bearing, "motor-01", 0.30),
+        fault(FaultKind::Bearing, "pump-05", 0.35),
+        fault(FaultKind::Stuck, "pump-07", 0.42),
+        fault(FaultKind::Silent, "pump-09", 0.55),
     ]
 }
 
@@ -249,8 +245,8 @@ pub async fn run(opts: Options, mut interrupt: watch::Receiver<bool>) -> Result<
     let fleet = |prefix: &str, devices: usize, vibration: Vibration| {
         let faults = schedule
             .iter()
-            .filter(|(f, _)| f.device.starts_with(prefix))
-            .map(|(f, _)| f.clone())
+            .filter(|f| f.device.starts_with(prefix))
+            .cloned()
             .collect();
         simulate::Options {
             broker: format!("127.0.0.1:{sensors}"),
