@@ -42,10 +42,13 @@ fn the_demo_detects_every_fault_and_delivers_through_the_outage() {
 
     // Six faults, each matched to an alert on its device.
     let summary = &stdout[stdout.find("\nSummary").expect("a summary")..];
-    assert!(
-        summary.contains("6 of 6 faults detected; 0 false alarm(s)"),
-        "{summary}"
-    );
+    assert!(summary.contains("6 of 6 faults detected;"), "{summary}");
+    // The plant clock ends at the present, so the daily temperature cycle
+    // and the pumps' load are at a different phase in every run; the demo's
+    // device files gave no false alarm in any run tried, and one is allowed
+    // here so that the time of day cannot fail the build.
+    let false_alarms = number_before(summary, " false alarm(s)");
+    assert!(false_alarms <= 1, "{summary}");
     for (device, fault) in [
         ("pump-02", "garbage payloads"),
         ("pump-03", "overheating"),

@@ -56,6 +56,12 @@ fn shipped_configs_are_valid() {
         assert_eq!(p7.metrics["temperature"].unit.as_deref(), Some("degF"));
         assert_eq!(p7.metrics["vibration"].unit.as_deref(), Some("mm/s"));
     }
+    // What `vigil demo` runs: its own broker, no [broker] table.
+    let demo = load(&root.join("demo/vigil.toml")).unwrap_or_else(|e| panic!("demo: {e}"));
+    assert!(demo.embedded_broker.is_some());
+    assert_eq!(demo.broker.port, 1883);
+    let motor = demo.devices.resolve("motor-01");
+    assert_eq!(motor.metrics["vibration"].unit.as_deref(), Some("g"));
 }
 
 #[test]
