@@ -154,6 +154,51 @@ fn what_simulate_reports_is_what_a_subscriber_receives() {
     assert_eq!(t[1] - t[0], 6_000);
 }
 
+#[test]
+fn flat_out_publishes_the_count_as_fast_as_the_broker_takes_it() {
+    let broker = Broker::start();
+    let watcher = Subscriber::start(broker.port, "flat-watcher", "plant/#");
+    let out = simulate_output(&[
+        "--broker",
+        &format!("127.0.0.1:{}", broker.port),
+        "--devices",
+        "50",
+        "--rate",
+        "10",
+        "--flat-out",
+        "--count",
+        "5000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["event"], "summary", "{stdout}");
+    assert_eq!(
+        (
+            u64_of(&summary, "messages"),
+            u64_of(&summary, "unconfirmed")
+        ),
+        (5000, 0)
+    );
+    wait_until("the subscriber has all 5,000", || {
+        watcher.messages().len() >= 5000
+    });
+    assert_eq!(watcher.messages().len(), 5000);
+    // Unpaced, event time still steps by 1/rate per tick: 50 ticks of 100
+    // readings, 100 ms apart, all stamped before the run began.
+    let (first, last) = (
+        summary["first_event_ms"].as_i64().unwrap(),
+        summary["last_event_ms"].as_i64().unwrap(),
+    );
+    assert_eq!(last - first, 49 * 100);
+    assert!(last <= vigil::model::wall_ms());
+}
+
 /// Run `vigil simulate ARGS` to its end (a hang fails the test after PATIENCE).
 fn simulate_output(args: &[&str]) -> std::process::Output {
     let mut child = vigil_cmd()

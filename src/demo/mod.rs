@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{self, Config, EmbeddedBrokerConfig};
 use crate::model::wall_ms;
 use crate::ops::status::{fetch, Samples};
-use crate::simulate::{self, Fault, FaultKind, Injection, Vibration};
+use crate::simulate::{self, Fault, FaultKind, Vibration};
 
 pub use summary::{match_faults, Clock, Detection, Outcome};
 pub use upstream::AlertMessage;
@@ -94,29 +94,14 @@ pub enum DemoError {
     Config(#[from] config::ConfigErrors),
     #[error("cannot start the plant's broker: {0}")]
     Upstream(#[from] crate::broker::BrokerError),
+    #[error("cannot find a free loopback port: {0}")]
+    Port(std::io::Error),
     #[error("cannot start the uplink relay: {0}")]
     Uplink(std::io::Error),
     #[error(transparent)]
     App(#[from] crate::app::AppError),
     #[error("the simulated fleet failed: {0}")]
     Simulate(#[from] simulate::SimError),
-}
-
-/// What the demo saw, for its summary (and for tests).
-#[derive(Debug)]
-pub struct Report {
-    pub outcome: Outcome,
-    pub injections: Vec<Injection>,
-    pub alerts: Vec<AlertMessage>,
-    pub aggregates: u64,
-    pub delivered: f64,
-    pub readings: u64,
-    pub stored: f64,
-    pub dead_letters: f64,
-    pub garbage: u64,
-    pub outbox_peak: f64,
-    pub interrupted: bool,
-    pub summary: String,
 }
 
 /// A temporary directory removed when dropped (the store, the config).
@@ -164,7 +149,7 @@ const OUTAGE: (f64, f64) = (0.50, 0.70);
 fn free_loopback() -> Result<SocketAddr, DemoError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(DemoError::Uplink)
+        .map_err(DemoError::Port)
 }
 
 /// Write the demo configuration into `dir` and load it, with free ports.
@@ -193,8 +178,11 @@ fn prepare(dir: &Path, upstream: SocketAddr) -> Result<Config, DemoError> {
 }
 
 /// Run the demo, printing as it goes; Ctrl-C (or `interrupt`) ends it early
-/// with a summary of what happened so far.
-pub async fn run(opts: Options, mut interrupt: watch::Receiver<bool>) -> Result<Report, DemoError> {
+/// with a summary of what happened so far. Returns faults against alerts.
+pub async fn run(
+    opts: Options,
+    mut interrupt: watch::Receiver<bool>,
+) -> Result<Outcome, DemoError> {
     if opts.duration < MIN_DURATION {
         return Err(DemoError::TooShort(opts.duration));
     }
@@ -373,7 +361,7 @@ pub async fn run(opts: Options, mut interrupt: watch::Receiver<bool>) -> Result<
         stored: gauges.stored,
         dead_letters: gauges.dead_letters,
         delivered: gauges.delivered,
-        received: received.clone(),
+        received,
         outage,
         outbox_peak,
         drained_in,
@@ -382,18 +370,5 @@ pub async fn run(opts: Options, mut interrupt: watch::Receiver<bool>) -> Result<
     let text = summary::render(&outcome, &facts);
     view.event(&text);
     drop(dir);
-    Ok(Report {
-        outcome,
-        injections,
-        alerts: received.alerts,
-        aggregates: received.aggregates,
-        delivered: gauges.delivered,
-        readings: facts.readings,
-        stored: gauges.stored,
-        dead_letters: gauges.dead_letters,
-        garbage: facts.garbage,
-        outbox_peak,
-        interrupted,
-        summary: text,
-    })
+    Ok(outcome)
 }

@@ -41,31 +41,29 @@ impl Clock {
         self.demo_time(a, a.end_ms)
     }
 
+    /// When, in demo time, the plant clock showed `event_ms`.
+    fn plant_at(&self, event_ms: EpochMs) -> Duration {
+        Duration::from_secs_f64(
+            ((event_ms - self.plant_start_ms).max(0) as f64 / self.speed) / 1000.0,
+        )
+    }
+
     fn demo_time(&self, a: &AlertMessage, ms: EpochMs) -> Duration {
-        let ms = if a.detector == "silence" {
-            (ms - self.wall_start_ms) as f64
+        if a.detector == "silence" {
+            Duration::from_millis((ms - self.wall_start_ms).max(0) as u64)
         } else {
-            (ms - self.plant_start_ms) as f64 / self.speed
-        };
-        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+            self.plant_at(ms)
+        }
     }
 }
 
 impl Detection {
     /// Demo time from the fault's first reading to the alert's raise.
     pub fn delay(&self, clock: &Clock) -> Option<Duration> {
-        let begun = clock.raised_at_event(self.injection.event_ms);
+        let begun = clock.plant_at(self.injection.event_ms);
         self.alert
             .as_ref()
             .map(|a| clock.raised_at(a).saturating_sub(begun))
-    }
-}
-
-impl Clock {
-    fn raised_at_event(&self, event_ms: EpochMs) -> Duration {
-        Duration::from_secs_f64(
-            ((event_ms - self.plant_start_ms).max(0) as f64 / self.speed) / 1000.0,
-        )
     }
 }
 
@@ -88,7 +86,7 @@ impl Outcome {
 fn explains(clock: &Clock, i: &Injection, a: &AlertMessage) -> bool {
     a.device == i.device
         && (i.metric == "*" || i.metric == a.metric)
-        && clock.raised_at(a) >= clock.raised_at_event(i.event_ms)
+        && clock.raised_at(a) >= clock.plant_at(i.event_ms)
 }
 
 pub fn match_faults(clock: &Clock, injections: &[Injection], alerts: &[AlertMessage]) -> Outcome {
