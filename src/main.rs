@@ -327,8 +327,8 @@ fn open_store(config: &Config) -> anyhow::Result<Store> {
         );
     }
     Store::open(&config.store).map_err(|e| {
-        let hint = if e.to_string().contains("lock") || e.to_string().contains("WouldBlock") {
-            " (is vigil running? `inspect` reads the store of a stopped agent)"
+        let hint = if matches!(e, vigil::store::StoreError::Locked { .. }) {
+            " (`inspect` reads the store of a stopped agent)"
         } else {
             ""
         };

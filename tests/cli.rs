@@ -81,7 +81,7 @@ fn sigterm_flushes_and_exits_zero_and_inspect_reads_the_store() {
     let out = setup.inspect_output("stats", 1);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is vigil running?"),
+        String::from_utf8_lossy(&out.stderr).contains("locked by another process"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -31,8 +31,9 @@ pub use evict::Eviction;
 pub use outbox::{Lane, OutboxEntry, OutboxItem};
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -55,6 +56,8 @@ const META_KEY: &[u8] = b"meta";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("store {} is locked by another process (is another vigil running with it?)", path.display())]
+    Locked { path: PathBuf },
     #[error("store I/O failed: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot encode {what}: {detail}")]
@@ -284,6 +287,32 @@ fn rebuild_meta(
     Ok(meta)
 }
 
+/// How long to wait for the store's lock before reporting it taken.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Open a sled database, waiting up to [`LOCK_WAIT`] for its file lock.
+///
+/// A `Db` that was just dropped in this process can still hold the lock for a
+/// moment: sled's background I/O threads keep the file open until their last
+/// write ends. Another process holding it fails after the wait.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled reports a taken lock only as an `Other` I/O error with this text.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other
+        && io.to_string().starts_with("could not acquire lock"))
+}
+
 impl Store {
     /// Open (or create) the store at `config.path`.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -317,12 +346,17 @@ impl Store {
     }
 
     fn open_with(path: &Path, limits: Limits) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
             // We fsync at each group commit; a background flusher would only add writes.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        let db = open_sled(&config).map_err(|e| match e {
+            e if is_lock_error(&e) => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::Sled(e),
+        })?;
         let readings = db.open_tree("readings")?;
         let dead = db.open_tree("dead_letters")?;
         let meta_tree = db.open_tree("meta")?;

@@ -207,7 +207,7 @@ fn lost_metadata_is_rebuilt_without_reusing_sequence_numbers() {
         .unwrap();
         let used = s.used_bytes();
         drop(s);
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_sled(&sled::Config::new().path(dir.path())).unwrap();
         db.open_tree("meta").unwrap().clear().unwrap();
         db.flush().unwrap();
         drop(db);
@@ -224,4 +224,19 @@ fn lost_metadata_is_rebuilt_without_reusing_sequence_numbers() {
     );
     assert_eq!(s.readings_from(0, usize::MAX).unwrap().len(), 1501);
     assert_eq!(s.stats().unwrap().dead_letters, 1);
+}
+
+#[test]
+fn a_store_in_use_is_reported_as_locked_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = open(dir.path(), 1 << 30);
+    let err = match Store::open_at(dir.path(), 1 << 30, 5, 10_000) {
+        Err(e) => e,
+        Ok(_) => panic!("a second open of a store in use succeeded"),
+    };
+    assert!(matches!(err, StoreError::Locked { ref path } if path == dir.path()));
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
 }
