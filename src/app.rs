@@ -170,6 +170,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             shutdown: shutdown_rx.clone(),
             metrics: detect_metrics.clone(),
             health: health.clone(),
+            checkpoint_interval: config.store.checkpoint_interval,
         }),
     ));
 

@@ -115,6 +115,10 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// A batch is flushed as soon as it holds this many readings.
     pub flush_max_readings: usize,
+    /// Longest time detection keeps its progress in memory before writing
+    /// its cursor and stream states; alerts, a reload or a full store write
+    /// at once. Zero writes after every batch.
+    pub checkpoint_interval: Duration,
     pub dead_letter_max: usize,
     pub dead_letter_max_bytes: u64,
     /// Hard cap of the alerts outbox: alerts give way (oldest first) only
@@ -183,6 +187,7 @@ struct RawStore {
     budget_bytes: Option<u64>,
     flush_interval_ms: Option<u64>,
     flush_max_readings: Option<u64>,
+    checkpoint_interval_ms: Option<u64>,
     dead_letter_max: Option<u64>,
     dead_letter_max_bytes: Option<u64>,
     alerts_max_bytes: Option<u64>,
@@ -705,6 +710,13 @@ fn validate_store(
             format!("{flush_max_readings} is out of range; expected 1 to 1000000"),
         ));
     }
+    let checkpoint_interval_ms = raw.checkpoint_interval_ms.unwrap_or(5_000);
+    if checkpoint_interval_ms > 60_000 {
+        errors.push(src.at(
+            "store.checkpoint_interval_ms",
+            format!("{checkpoint_interval_ms} is out of range; expected 0 to 60000 ms"),
+        ));
+    }
     let dead_letter_max = raw.dead_letter_max.unwrap_or(10_000);
     if dead_letter_max == 0 {
         errors.push(src.at("store.dead_letter_max", "expected at least 1"));
@@ -742,6 +754,7 @@ fn validate_store(
         budget_bytes,
         flush_interval: Duration::from_millis(flush_interval_ms),
         flush_max_readings: flush_max_readings as usize,
+        checkpoint_interval: Duration::from_millis(checkpoint_interval_ms),
         dead_letter_max: dead_letter_max as usize,
         dead_letter_max_bytes,
         alerts_max_bytes,

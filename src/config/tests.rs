@@ -85,6 +85,7 @@ format = "xml"
 [store]
 path = "store"
 flush_interval_ms = 0
+checkpoint_interval_ms = 90000
 "#;
     let errors = errors_of(main, &[("bad.toml", "match = \"pump-*\"\ncolor = 1\n")]);
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -129,6 +130,7 @@ flush_interval_ms = 0
     has(12, "expected 0 or 1");
     has(13, "xml");
     has(17, "flush_interval_ms");
+    has(18, "checkpoint_interval_ms");
 }
 
 #[test]

@@ -3,6 +3,14 @@
 //! the outputs in one store transaction. On start it resumes from the last
 //! such transaction, learned baselines and open alerts included.
 //!
+//! Writing every stream's state after every small batch would wear a
+//! gateway's flash (a state is kilobytes; at 2,000 readings/s that came to
+//! over half a terabyte a day). So progress without alerts is held in memory
+//! and written at most every `store.checkpoint_interval_ms`; an alert, a
+//! reload, a full store or shutdown writes at once. A crash loses only
+//! in-memory progress, which detection redoes from the last commit over the
+//! same readings, producing the same outputs under the same ids.
+//!
 //! When the store is full, it makes room (`Store::make_room`: consumed
 //! readings, then old aggregates, then alerts over their cap) so that ingest
 //! can go on. Each commit that adds to the outbox wakes the forwarder.
@@ -15,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::DeviceRegistry;
-use crate::model::{wall_ms, AlertKind};
+use crate::model::{wall_ms, AlertEvent, AlertKind};
 use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
 
@@ -30,6 +38,8 @@ const BATCH_MAX: usize = 65_536;
 const BATCH_PER_STREAM: usize = 64;
 /// How often processing-time work (idle windows, silent sensors) runs.
 const TICK: Duration = Duration::from_secs(1);
+/// Aggregates held in memory beyond which detection commits early.
+const PENDING_MAX: usize = 4096;
 /// Pause after a store error before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 /// Checkpoint key of the counters (stream keys hold a NUL, this one starts with 0x01).
@@ -67,6 +77,8 @@ pub struct Task {
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<DetectMetrics>,
     pub health: Arc<Health>,
+    /// Longest time progress without alerts stays uncommitted.
+    pub checkpoint_interval: Duration,
 }
 
 /// Rebuild the engine from the store's checkpoints.
@@ -117,8 +129,8 @@ fn commit_of(engine: &mut Engine, cursor: u64, out: Output) -> DetectionCommit {
     }
 }
 
-fn log_alerts(out: &Output) {
-    for a in &out.alerts {
+fn log_alerts(alerts: &[AlertEvent]) {
+    for a in alerts {
         match a.kind {
             AlertKind::Raised | AlertKind::Escalated => warn!(
                 id = %a.id, device = %a.device, metric = %a.metric, detector = %a.detector,
@@ -141,12 +153,13 @@ pub async fn run(task: Task) {
         mut shutdown,
         metrics,
         health,
+        checkpoint_interval,
     } = task;
     let mut registry = registry_rx.borrow_and_update().clone();
     let mut registry_open = true;
     // Seen by the wait below, to apply at the top of the loop.
     let mut registry_changed = false;
-    let (mut engine, mut cursor) = loop {
+    let (mut engine, cursor) = loop {
         let (s, r) = (store.clone(), registry.clone());
         match tokio::task::spawn_blocking(move || restore(&s, r)).await {
             Ok(Ok(v)) => break v,
@@ -163,11 +176,10 @@ pub async fn run(task: Task) {
         streams = engine.streams(),
         "detection resumes from its checkpoint"
     );
+    let mut pending = Pending::at(cursor, checkpoint_interval);
     let mut last_tick = Instant::now();
     loop {
-        if *shutdown.borrow() {
-            break;
-        }
+        let stopping = *shutdown.borrow();
         let tick_due = last_tick.elapsed() >= TICK;
         let reload = if registry_changed || registry_rx.has_changed().unwrap_or(false) {
             registry_changed = false;
@@ -179,14 +191,22 @@ pub async fn run(task: Task) {
         let step = {
             let store = store.clone();
             let busy = health.busy(Stage::Detect);
+            let work = if stopping {
+                Work::CommitOnly
+            } else {
+                Work::Batch {
+                    tick: tick_due,
+                    reload,
+                }
+            };
             tokio::task::spawn_blocking(move || {
                 let _busy = busy;
-                let r = step(&store, &mut engine, cursor, tick_due, reload);
-                (engine, r)
+                let r = step(&store, &mut engine, &mut pending, work);
+                (engine, pending, r)
             })
             .await
         };
-        let (returned, result) = match step {
+        let (returned, returned_pending, result) = match step {
             Ok(v) => v,
             Err(e) => {
                 // The engine went down with the thread; only a bug gets here.
@@ -195,6 +215,7 @@ pub async fn run(task: Task) {
             }
         };
         engine = returned;
+        pending = returned_pending;
         let c = engine.counters();
         metrics.late.store(c.late, Ordering::Relaxed);
         metrics.duplicates.store(c.duplicates, Ordering::Relaxed);
@@ -202,6 +223,7 @@ pub async fn run(task: Task) {
         metrics
             .streams
             .store(engine.streams() as u64, Ordering::Relaxed);
+        metrics.cursor.store(pending.cursor, Ordering::Relaxed);
         if tick_due {
             for (gauge, n) in metrics.open_alerts.iter().zip(engine.open_alerts()) {
                 gauge.store(n, Ordering::Relaxed);
@@ -210,39 +232,43 @@ pub async fn run(task: Task) {
         }
         let processed = match result {
             Ok(s) => {
-                metrics.cursor.store(s.cursor, Ordering::Relaxed);
-                metrics
-                    .aggregates
-                    .fetch_add(s.aggregates, Ordering::Relaxed);
-                metrics.alerts_raised.fetch_add(s.raised, Ordering::Relaxed);
-                metrics
-                    .alerts_cleared
-                    .fetch_add(s.cleared, Ordering::Relaxed);
                 metrics
                     .readings_trimmed
                     .fetch_add(s.trimmed, Ordering::Relaxed);
                 metrics
                     .readings_skipped
                     .fetch_add(s.skipped, Ordering::Relaxed);
-                for i in 0..2 {
-                    metrics.raised_by_severity[i].fetch_add(s.raised_by[i], Ordering::Relaxed);
-                    metrics.cleared_by_severity[i].fetch_add(s.cleared_by[i], Ordering::Relaxed);
+                if let Some(c) = s.committed {
+                    metrics
+                        .aggregates
+                        .fetch_add(c.aggregates, Ordering::Relaxed);
+                    metrics.alerts_raised.fetch_add(c.raised, Ordering::Relaxed);
+                    metrics
+                        .alerts_cleared
+                        .fetch_add(c.cleared, Ordering::Relaxed);
+                    for i in 0..2 {
+                        metrics.raised_by_severity[i].fetch_add(c.raised_by[i], Ordering::Relaxed);
+                        metrics.cleared_by_severity[i]
+                            .fetch_add(c.cleared_by[i], Ordering::Relaxed);
+                    }
+                    if c.outputs > 0 {
+                        outbox_tx.send_modify(|n| *n += 1);
+                    }
                 }
-                if s.outputs > 0 {
-                    outbox_tx.send_modify(|n| *n += 1);
-                }
-                let n = s.cursor - cursor;
-                cursor = s.cursor;
-                n
+                s.read
             }
             Err(e) => {
                 error!(error = %e, "detection batch failed; retrying from the last checkpoint");
-                // The transaction did not happen: rebuild the engine as it was.
+                // The transaction did not happen: rebuild the engine as it
+                // was, and forget what was held since.
                 let (s, r) = (store.clone(), registry.clone());
                 if let Ok(Ok((e2, c2))) = tokio::task::spawn_blocking(move || restore(&s, r)).await
                 {
                     engine = e2;
-                    cursor = c2;
+                    pending = Pending::at(c2, checkpoint_interval);
+                }
+                if stopping {
+                    break;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
@@ -251,132 +277,331 @@ pub async fn run(task: Task) {
                 continue;
             }
         };
+        if stopping {
+            break;
+        }
         if processed > 0 {
             continue;
         }
-        // Caught up: wait for new readings, the next tick, or shutdown.
+        // Caught up: wait for new readings, the next tick, the checkpoint
+        // that is due, or shutdown.
         let until_tick = TICK.saturating_sub(last_tick.elapsed());
+        let wait = pending.due_in().map_or(until_tick, |d| d.min(until_tick));
         tokio::select! {
             _ = committed_rx.changed() => {}
             changed = registry_rx.changed(), if registry_open => {
                 registry_open = changed.is_ok();
                 registry_changed = registry_open;
             }
-            _ = tokio::time::sleep(until_tick) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
     }
-    debug!(cursor, "detection stopped");
+    debug!(cursor = pending.committed, "detection stopped");
+}
+
+/// Detection's progress since its last commit, held in memory.
+struct Pending {
+    /// Sequence number of the next reading to process.
+    cursor: u64,
+    /// The cursor of the last commit: readings below it may be trimmed.
+    committed: u64,
+    out: Output,
+    /// A reload happened since the last commit.
+    reloaded: bool,
+    last_commit: Instant,
+    interval: Duration,
+}
+
+impl Pending {
+    fn at(cursor: u64, interval: Duration) -> Pending {
+        Pending {
+            cursor,
+            committed: cursor,
+            out: Output::default(),
+            reloaded: false,
+            last_commit: Instant::now(),
+            interval,
+        }
+    }
+
+    /// Something is held that a commit would write. (Stream states changed
+    /// without readings, by a tick, are written with the next commit.)
+    fn holds(&self) -> bool {
+        self.cursor != self.committed || !self.out.is_empty() || self.reloaded
+    }
+
+    /// How long until the held progress must be written; `None` if nothing is held.
+    fn due_in(&self) -> Option<Duration> {
+        self.holds()
+            .then(|| self.interval.saturating_sub(self.last_commit.elapsed()))
+    }
+
+    fn must_commit(&self, store: &Store) -> bool {
+        self.holds()
+            && (!self.out.alerts.is_empty()
+                || self.reloaded
+                || self.last_commit.elapsed() >= self.interval
+                || self.out.aggregates.len() >= PENDING_MAX
+                // A full store waits for this cursor to trim readings.
+                || store.used_bytes() >= store.budget_bytes())
+    }
+}
+
+enum Work {
+    /// Read and process the next batch, then commit if due.
+    Batch {
+        tick: bool,
+        reload: Option<DeviceRegistry>,
+    },
+    /// Shutting down: commit whatever is held.
+    CommitOnly,
 }
 
 struct StepResult {
-    cursor: u64,
+    /// Readings processed by this step.
+    read: u64,
+    /// What was written, if this step committed.
+    committed: Option<Committed>,
+    trimmed: u64,
+    skipped: u64,
+}
+
+/// The outputs of one commit, for the metrics.
+struct Committed {
     /// Alert transitions and aggregates committed to the outbox.
     outputs: u64,
     aggregates: u64,
     raised: u64,
     cleared: u64,
-    trimmed: u64,
-    skipped: u64,
     /// Raised and cleared alerts by severity (warning, alarm).
     raised_by: [u64; 2],
     cleared_by: [u64; 2],
 }
 
-/// One batch: read, detect, commit, and trim if the store is full. Blocking.
+/// One step: read and detect a batch, commit if due, and trim if the store
+/// is full. Blocking.
 fn step(
     store: &Store,
     engine: &mut Engine,
-    cursor: u64,
-    tick: bool,
-    reload: Option<DeviceRegistry>,
+    pending: &mut Pending,
+    work: Work,
 ) -> Result<StepResult, StoreError> {
-    let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
-    let batch = store.readings_from(cursor, size)?;
-    let now = wall_ms();
-    let mut out = Output::default();
-    let reloaded = reload.is_some();
-    if let Some(registry) = reload {
-        // Before the batch: its windows close under the new settings.
-        let r = engine.reload(registry, now, &mut out);
-        info!(
-            unchanged = r.unchanged,
-            changed = r.changed,
-            windows_restarted = r.windows_restarted,
-            relearned = r.relearned,
-            alerts_retired = r.alerts_retired,
-            streams = ?r.changed_streams,
-            "device settings reloaded"
-        );
-    }
-    let mut next = cursor;
+    let mut read = 0;
     let mut skipped = 0;
-    if let Some((first, _)) = batch.first() {
-        if *first > cursor {
-            skipped = first - cursor;
-            warn!(
-                from = cursor,
-                to = first,
-                "readings were removed from the log before detection saw them"
-            );
+    let force = match work {
+        Work::CommitOnly => true,
+        Work::Batch { tick, reload } => {
+            let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
+            let batch = store.readings_from(pending.cursor, size)?;
+            let now = wall_ms();
+            if let Some(registry) = reload {
+                // Before the batch: its windows close under the new settings.
+                let r = engine.reload(registry, now, &mut pending.out);
+                pending.reloaded = true;
+                info!(
+                    unchanged = r.unchanged,
+                    changed = r.changed,
+                    windows_restarted = r.windows_restarted,
+                    relearned = r.relearned,
+                    alerts_retired = r.alerts_retired,
+                    streams = ?r.changed_streams,
+                    "device settings reloaded"
+                );
+            }
+            if let Some((first, _)) = batch.first() {
+                if *first > pending.cursor {
+                    skipped = first - pending.cursor;
+                    warn!(
+                        from = pending.cursor,
+                        to = first,
+                        "readings were removed from the log before detection saw them"
+                    );
+                }
+            }
+            for (seq, r) in &batch {
+                engine.process(r, now, &mut pending.out);
+                pending.cursor = seq + 1;
+            }
+            read = batch.len() as u64;
+            if tick {
+                engine.tick(now, &mut pending.out);
+            }
+            false
         }
-    }
-    for (seq, r) in &batch {
-        engine.process(r, now, &mut out);
-        next = seq + 1;
-    }
-    if tick {
-        engine.tick(now, &mut out);
-    }
-    if next == cursor && out.is_empty() && !tick && !reloaded {
-        return Ok(StepResult {
-            cursor,
-            outputs: 0,
-            aggregates: 0,
-            raised: 0,
-            cleared: 0,
-            trimmed: 0,
-            skipped,
-            raised_by: [0; 2],
-            cleared_by: [0; 2],
-        });
-    }
-    log_alerts(&out);
-    let raised = out
-        .alerts
-        .iter()
-        .filter(|a| a.kind == AlertKind::Raised)
-        .count() as u64;
-    let cleared = out
-        .alerts
-        .iter()
-        .filter(|a| a.kind == AlertKind::Cleared)
-        .count() as u64;
-    let (mut raised_by, mut cleared_by) = ([0; 2], [0; 2]);
+    };
+    let committed = if pending.holds() && (force || pending.must_commit(store)) {
+        Some(commit(store, engine, pending)?)
+    } else {
+        None
+    };
+    // Logged and counted by the store.
+    let trimmed = store.make_room(pending.committed)?.readings_trimmed;
+    Ok(StepResult {
+        read,
+        committed,
+        trimmed,
+        skipped,
+    })
+}
+
+/// Write what `pending` holds in one transaction.
+fn commit(
+    store: &Store,
+    engine: &mut Engine,
+    pending: &mut Pending,
+) -> Result<Committed, StoreError> {
+    let out = std::mem::take(&mut pending.out);
+    let mut c = Committed {
+        outputs: (out.aggregates.len() + out.alerts.len()) as u64,
+        aggregates: out.aggregates.len() as u64,
+        raised: 0,
+        cleared: 0,
+        raised_by: [0; 2],
+        cleared_by: [0; 2],
+    };
     for a in &out.alerts {
         match a.kind {
-            AlertKind::Raised => raised_by[a.severity as usize] += 1,
-            AlertKind::Cleared => cleared_by[a.severity as usize] += 1,
+            AlertKind::Raised => {
+                c.raised += 1;
+                c.raised_by[a.severity as usize] += 1;
+            }
+            AlertKind::Cleared => {
+                c.cleared += 1;
+                c.cleared_by[a.severity as usize] += 1;
+            }
             AlertKind::Escalated => {}
         }
     }
-    let aggregates = out.aggregates.len() as u64;
-    let outputs = aggregates + out.alerts.len() as u64;
-    let commit = commit_of(engine, next, out);
-    if next != cursor || !commit.alerts.is_empty() || !commit.aggregates.is_empty() || reloaded {
-        store.commit_detection(&commit)?;
+    let transaction = commit_of(engine, pending.cursor, out);
+    store.commit_detection(&transaction)?;
+    // Logged once written, so that a failed commit redone is not logged twice.
+    log_alerts(&transaction.alerts);
+    pending.committed = pending.cursor;
+    pending.reloaded = false;
+    pending.last_commit = Instant::now();
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Reading, Value};
+    use crate::store::Batch;
+
+    const DEVICE: &str = r#"match = "pump-1"
+[alerts]
+raise_after = 1
+[metrics.temperature]
+window = "10s"
+allowed_lateness = "1s"
+[metrics.temperature.limits.mean]
+warning_above = 80.0
+"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        registry: DeviceRegistry,
+        engine: Engine,
+        pending: Pending,
     }
-    // Logged and counted by the store.
-    let trimmed = store.make_room(next)?.readings_trimmed;
-    Ok(StepResult {
-        cursor: next,
-        outputs,
-        aggregates,
-        raised,
-        cleared,
-        trimmed,
-        skipped,
-        raised_by,
-        cleared_by,
-    })
+
+    /// A store holding `values` one second apart, and detection at its start.
+    fn fixture(values: &[f64], interval: Duration) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pump-1.toml");
+        std::fs::write(&file, DEVICE).unwrap();
+        let registry = DeviceRegistry::load_file(&file).unwrap();
+        let store = Store::open_at(&dir.path().join("store"), 1 << 30, 10, 1 << 20).unwrap();
+        store
+            .commit(&Batch {
+                readings: values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Reading {
+                        device: "pump-1".into(),
+                        metric: "temperature".into(),
+                        time_ms: 1_700_000_000_000 + 1000 * i as i64,
+                        value: Value::Scalar(*v),
+                    })
+                    .collect(),
+                dead_letters: vec![],
+                messages: values.len() as u64,
+            })
+            .unwrap();
+        let (engine, cursor) = restore(&store, registry.clone()).unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            registry,
+            engine,
+            pending: Pending::at(cursor, interval),
+        }
+    }
+
+    fn batch() -> Work {
+        Work::Batch {
+            tick: false,
+            reload: None,
+        }
+    }
+
+    #[test]
+    fn progress_without_alerts_stays_in_memory_until_the_interval() {
+        let mut f = fixture(&[20.0; 45], Duration::from_secs(3600));
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert_eq!(r.read, 45);
+        assert!(r.committed.is_none(), "committed before the interval");
+        assert_eq!(f.store.detection_cursor().unwrap(), 0);
+        assert!(f.store.checkpoints().unwrap().is_empty());
+        assert_eq!(f.store.stats().unwrap().outbox, [0, 0]);
+
+        // Once the interval has passed, the next step writes it all.
+        f.pending.interval = Duration::ZERO;
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert_eq!(r.read, 0);
+        let c = r.committed.expect("a commit once the interval passed");
+        assert_eq!((c.aggregates, c.raised), (4, 0));
+        assert_eq!(f.store.detection_cursor().unwrap(), 45);
+        assert!(!f.store.checkpoints().unwrap().is_empty());
+        assert_eq!(f.store.stats().unwrap().outbox, [0, 4]);
+    }
+
+    #[test]
+    fn an_alert_is_written_at_once_with_everything_held() {
+        let mut values = vec![20.0; 25];
+        values.extend([90.0; 20]);
+        let mut f = fixture(&values, Duration::from_secs(3600));
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        let c = r.committed.expect("an alert commits at once");
+        assert_eq!(c.raised, 1);
+        assert_eq!(f.store.detection_cursor().unwrap(), 45);
+        assert_eq!(f.store.stats().unwrap().outbox, [1, 4]);
+    }
+
+    #[test]
+    fn shutdown_writes_what_is_held_and_a_restart_resumes_there() {
+        let mut f = fixture(&[20.0; 45], Duration::from_secs(3600));
+        step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert_eq!(f.store.detection_cursor().unwrap(), 0);
+        let r = step(&f.store, &mut f.engine, &mut f.pending, Work::CommitOnly).unwrap();
+        assert_eq!(r.read, 0);
+        assert!(r.committed.is_some());
+        assert_eq!(f.store.detection_cursor().unwrap(), 45);
+        // Nothing held: a second shutdown step writes nothing.
+        let r = step(&f.store, &mut f.engine, &mut f.pending, Work::CommitOnly).unwrap();
+        assert!(r.committed.is_none());
+        let (engine, cursor) = restore(&f.store, f.registry.clone()).unwrap();
+        assert_eq!(cursor, 45);
+        assert_eq!(engine.streams(), 1);
+    }
+
+    #[test]
+    fn zero_interval_writes_after_every_batch() {
+        let mut f = fixture(&[20.0; 5], Duration::ZERO);
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert!(r.committed.is_some());
+        assert_eq!(f.store.detection_cursor().unwrap(), 5);
+    }
 }
