@@ -52,8 +52,10 @@ foundation = "rigid"
 "#;
 
 /// vigil.toml: vigil's defaults (store budget, group commit every 20 ms or
-/// 8,192 readings, `max_inflight = 100` upstream) except quick reconnects.
+/// 8,192 readings, detection checkpoints every 5 s, `max_inflight = 100`
+/// upstream) except quick reconnects, and any [`store_extra`] lines.
 fn vigil_toml(local: u16, upstream: u16, http: u16) -> String {
+    let store_extra = store_extra();
     format!(
         r#"gateway_id = "gw-e2e"
 log_level = "info,vigil::detect::stage=error"
@@ -72,6 +74,7 @@ qos = 1
 
 [store]
 path = "store"
+{store_extra}
 
 [http]
 listen = "127.0.0.1:{http}"
@@ -86,6 +89,14 @@ topic_prefix = "bench"
 encoding = "json"
 "#
     )
+}
+
+/// Extra `[store]` lines from `BENCH_STORE` (e.g. "checkpoint_interval_ms = 0"),
+/// to measure a setting against the defaults; the report's header shows them.
+pub fn store_extra() -> String {
+    std::env::var("BENCH_STORE")
+        .unwrap_or_default()
+        .replace(';', "\n")
 }
 
 /// CPU, memory and disk writes of a process, from /proc/<pid>.

@@ -37,8 +37,14 @@ impl Machine {
     /// One line: CPU, cores, RAM, kernel, file system, Mosquitto, vigil's
     /// commit, the build and the load average before and now.
     pub fn describe(&self) -> String {
+        let settings = crate::agent::store_extra();
+        let settings = if settings.is_empty() {
+            String::new()
+        } else {
+            format!(" · [store] {}", settings.replace('\n', "; "))
+        };
         format!(
-            "Machine: {} · {} cores · {:.1} GiB RAM · Linux {} · store on {} · Mosquitto {} · vigil {} · {} · load average {} at the start, {} at the end",
+            "Machine: {} · {} cores · {:.1} GiB RAM · Linux {} · store on {} · Mosquitto {} · vigil {} · {} · load average {} at the start, {} at the end{}",
             self.cpu,
             self.cores,
             self.ram_gib,
@@ -49,6 +55,7 @@ impl Machine {
             build_kind(),
             self.load_before,
             load_average(),
+            settings,
         )
     }
 }

@@ -6,8 +6,9 @@
 //! Writing every stream's state after every small batch would wear a
 //! gateway's flash (a state is kilobytes; at 2,000 readings/s that came to
 //! over half a terabyte a day). So progress without alerts is held in memory
-//! and written at most every `store.checkpoint_interval_ms`; an alert, a
-//! reload, a full store or shutdown writes at once. A crash loses only
+//! and written at most every `store.checkpoint_interval_ms`, or once input
+//! pauses for [`IDLE`]; an alert, a reload, a full store or shutdown writes
+//! at once. A crash loses only
 //! in-memory progress, which detection redoes from the last commit over the
 //! same readings, producing the same outputs under the same ids.
 //!
@@ -38,6 +39,9 @@ const BATCH_MAX: usize = 65_536;
 const BATCH_PER_STREAM: usize = 64;
 /// How often processing-time work (idle windows, silent sensors) runs.
 const TICK: Duration = Duration::from_secs(1);
+/// Input paused this long: what is held is written (the end of a burst, or
+/// a slow trickle, need not wait for the interval).
+const IDLE: Duration = Duration::from_millis(500);
 /// Aggregates held in memory beyond which detection commits early.
 const PENDING_MAX: usize = 4096;
 /// Pause after a store error before trying again.
@@ -310,6 +314,10 @@ struct Pending {
     /// A reload happened since the last commit.
     reloaded: bool,
     last_commit: Instant,
+    /// When a step last processed readings.
+    last_read: Instant,
+    /// Input paused this long: write (normally [`IDLE`]).
+    idle: Duration,
     interval: Duration,
 }
 
@@ -321,6 +329,8 @@ impl Pending {
             out: Output::default(),
             reloaded: false,
             last_commit: Instant::now(),
+            last_read: Instant::now(),
+            idle: IDLE,
             interval,
         }
     }
@@ -333,8 +343,10 @@ impl Pending {
 
     /// How long until the held progress must be written; `None` if nothing is held.
     fn due_in(&self) -> Option<Duration> {
-        self.holds()
-            .then(|| self.interval.saturating_sub(self.last_commit.elapsed()))
+        self.holds().then(|| {
+            let interval = self.interval.saturating_sub(self.last_commit.elapsed());
+            interval.min(self.idle.saturating_sub(self.last_read.elapsed()))
+        })
     }
 
     fn must_commit(&self, store: &Store) -> bool {
@@ -342,6 +354,7 @@ impl Pending {
             && (!self.out.alerts.is_empty()
                 || self.reloaded
                 || self.last_commit.elapsed() >= self.interval
+                || self.last_read.elapsed() >= self.idle
                 || self.out.aggregates.len() >= PENDING_MAX
                 // A full store waits for this cursor to trim readings.
                 || store.used_bytes() >= store.budget_bytes())
@@ -424,6 +437,9 @@ fn step(
                 pending.cursor = seq + 1;
             }
             read = batch.len() as u64;
+            if read > 0 {
+                pending.last_read = Instant::now();
+            }
             if tick {
                 engine.tick(now, &mut pending.out);
             }
@@ -507,7 +523,8 @@ warning_above = 80.0
         pending: Pending,
     }
 
-    /// A store holding `values` one second apart, and detection at its start.
+    /// A store holding `values` one second apart, and detection at its start
+    /// (writing only as `interval` says, or for an alert: never for a pause).
     fn fixture(values: &[f64], interval: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pump-1.toml");
@@ -531,12 +548,14 @@ warning_above = 80.0
             })
             .unwrap();
         let (engine, cursor) = restore(&store, registry.clone()).unwrap();
+        let mut pending = Pending::at(cursor, interval);
+        pending.idle = Duration::from_secs(3600);
         Fixture {
             _dir: dir,
             store,
             registry,
             engine,
-            pending: Pending::at(cursor, interval),
+            pending,
         }
     }
 
@@ -566,6 +585,19 @@ warning_above = 80.0
         assert_eq!(f.store.detection_cursor().unwrap(), 45);
         assert!(!f.store.checkpoints().unwrap().is_empty());
         assert_eq!(f.store.stats().unwrap().outbox, [0, 4]);
+    }
+
+    #[test]
+    fn a_pause_in_the_input_writes_what_is_held() {
+        let mut f = fixture(&[20.0; 45], Duration::from_secs(3600));
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert!(r.committed.is_none());
+        // Nothing new, and the input has been quiet for the idle time.
+        f.pending.idle = Duration::ZERO;
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert_eq!(r.read, 0);
+        assert!(r.committed.is_some(), "a pause did not write");
+        assert_eq!(f.store.detection_cursor().unwrap(), 45);
     }
 
     #[test]
