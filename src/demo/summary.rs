@@ -9,7 +9,7 @@ use crate::model::EpochMs;
 use crate::simulate::{FaultKind, Injection};
 
 use super::upstream::{AlertMessage, Received};
-use super::view::thousands;
+use crate::ops::status::count as thousands;
 
 /// A fault and the first alert raised for it, if any.
 #[derive(Debug, Clone)]

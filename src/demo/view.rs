@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::ops::status::Samples;
+use crate::ops::status::{count, Samples};
 
 use super::upstream::AlertMessage;
 
@@ -171,11 +171,11 @@ impl View {
             "{}  {:>5.0} readings/s │ stored {} │ outbox {} │ uplink {uplink} │ alerts {} raised, {} cleared │ delivered {} │ dead letters {}",
             self.stamp(now),
             rate,
-            thousands(g.buffered),
-            thousands(g.outbox),
+            count(g.buffered),
+            count(g.outbox),
             g.raised,
             g.cleared,
-            thousands(g.delivered),
+            count(g.delivered),
             g.dead_letters,
         );
         let mut out = std::io::stdout().lock();
@@ -199,30 +199,9 @@ impl View {
     }
 }
 
-/// 12345 → "12,345".
-pub fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0.0), "0");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(thousands(1000.0), "1,000");
-        assert_eq!(thousands(1234567.4), "1,234,567");
-    }
 
     #[test]
     fn gauges_read_the_metric_families_vigil_exposes() {

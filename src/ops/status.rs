@@ -77,7 +77,8 @@ pub enum Origin {
     Store { path: String },
 }
 
-fn count(v: f64) -> String {
+/// A count for people: 12345 → "12,345" (negative as 0).
+pub fn count(v: f64) -> String {
     let n = v.max(0.0).round() as u64;
     let digits = n.to_string();
     let mut out = String::new();
@@ -349,6 +350,14 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), FetchError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_group_digits() {
+        assert_eq!(count(0.0), "0");
+        assert_eq!(count(999.0), "999");
+        assert_eq!(count(1000.0), "1,000");
+        assert_eq!(count(1234567.4), "1,234,567");
+    }
 
     const TEXT: &str = r#"# HELP vigil_build_info x
 # TYPE vigil_build_info gauge
