@@ -130,6 +130,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             client: client.clone(),
             broker: config.broker.clone(),
             subscriptions: config.subscriptions.clone().into(),
+            max_future_skew_ms: config.detect.max_future_skew_ms,
             inbound_tx,
             memory: memory.clone(),
             shutdown: shutdown_rx.clone(),
@@ -171,6 +172,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             metrics: detect_metrics.clone(),
             health: health.clone(),
             checkpoint_interval: config.store.checkpoint_interval,
+            max_future_skew_ms: config.detect.max_future_skew_ms,
         }),
     ));
 

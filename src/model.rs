@@ -114,16 +114,20 @@ pub enum Reason {
     TopicMismatch,
     /// Device or metric name with characters unsafe in an MQTT topic.
     UnsafeName,
+    /// Event time further ahead of the gateway's clock than
+    /// `detect.max_future_skew_ms`: the sensor's clock is wrong.
+    ClockSkew,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Malformed,
         Reason::Schema,
         Reason::NotFinite,
         Reason::TooLarge,
         Reason::TopicMismatch,
         Reason::UnsafeName,
+        Reason::ClockSkew,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +138,7 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::TopicMismatch => "topic_mismatch",
             Reason::UnsafeName => "unsafe_name",
+            Reason::ClockSkew => "clock_skew",
         }
     }
 }

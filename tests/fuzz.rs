@@ -15,10 +15,13 @@ use serde_json::Value as Json;
 
 use vigil::config::{check_name, PayloadFormat, Subscription, TopicIds, TopicTemplate};
 use vigil::ingest::decode::decode;
-use vigil::ingest::route::{route, Outcome, DEAD_LETTER_MAX_PAYLOAD};
+use vigil::ingest::route::{route, Limits, Outcome, DEAD_LETTER_MAX_PAYLOAD};
 use vigil::model::{Reading, Value};
 
 const RECEIVED_MS: i64 = 1_763_700_000_000;
+/// A receive time on a gateway whose clock is set (2026-11-25), so that
+/// routing also checks event times against it.
+const ROUTE_RECEIVED_MS: i64 = 1_795_700_000_000;
 /// 9999-12-31T23:59:59Z, the latest event time decode documents.
 const MAX_EPOCH_MS: i64 = 253_402_300_799_000;
 
@@ -985,12 +988,22 @@ fn route_random_topics() {
                     });
                 }
             }
-            match route(&subs, max_payload, &topic, &payload, RECEIVED_MS) {
+            let limits = Limits {
+                max_payload_bytes: max_payload,
+                max_future_skew_ms: 300_000,
+            };
+            let received_ms = ROUTE_RECEIVED_MS;
+            match route(&subs, limits, &topic, &payload, received_ms) {
                 Outcome::Readings(readings) => {
                     prop_assert!(!readings.is_empty());
                     prop_assert!(payload.len() <= max_payload, "oversized payload decoded");
                     for r in &readings {
                         check_reading(r, TopicIds::default())?;
+                        prop_assert!(
+                            r.time_ms <= received_ms + 300_000,
+                            "a reading {} ms ahead of the gateway's clock was accepted",
+                            r.time_ms - received_ms
+                        );
                     }
                 }
                 Outcome::Rejected(dl) => {
@@ -1005,7 +1018,7 @@ fn route_random_topics() {
                         "dead letter without a detail: {:?}",
                         dl
                     );
-                    prop_assert_eq!(dl.received_ms, RECEIVED_MS);
+                    prop_assert_eq!(dl.received_ms, ROUTE_RECEIVED_MS);
                 }
             }
             Ok(())

@@ -5,6 +5,7 @@ mod support;
 mod backpressure;
 mod bad_input;
 mod cli;
+mod clock;
 mod crash;
 mod demo;
 mod detection;

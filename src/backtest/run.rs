@@ -105,6 +105,11 @@ pub struct Report {
     pub inputs: Vec<InputReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<LabelReport>,
+    /// Readings behind their window's watermark (counted, not used).
+    pub late: u64,
+    /// Readings stamped further ahead of the recording's clock than
+    /// `detect.max_future_skew_ms` allows by default (counted, not used).
+    pub skewed: u64,
 }
 
 /// One input, turned into readings.
@@ -236,19 +241,14 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
 
     let mut engine = Engine::new(registry);
     let mut out = Output::default();
-    for p in &played {
-        for r in &p.readings {
-            engine.tick(r.time_ms, &mut out);
-            engine.process(r, r.time_ms, &mut out);
-        }
+    let all: Vec<&Reading> = played.iter().flat_map(|p| &p.readings).collect();
+    let clock = recording_clock(&all);
+    for (r, now) in all.iter().zip(&clock) {
+        engine.tick(*now, &mut out);
+        engine.process(r, *now, &mut out);
     }
     // The end of the recording: let every window close.
-    let end = played
-        .iter()
-        .flat_map(|p| p.readings.last())
-        .map(|r| r.time_ms)
-        .max()
-        .unwrap_or(0);
+    let end = clock.last().copied().unwrap_or(0);
     engine.tick(end.saturating_add(365 * 86_400_000), &mut out);
 
     // Which input each window came from: the latest one with readings before its end.
@@ -342,7 +342,31 @@ pub fn run(opts: &Options) -> Result<Report, BacktestError> {
         alerts,
         inputs,
         total,
+        late: engine.counters().late,
+        skewed: engine.counters().skewed,
     })
+}
+
+/// Processing time for each reading of a recording, as if it had been
+/// received live: its own event time, unless that time stands out from its
+/// neighbours'. The median of five readings around it (one wrong stamp, even
+/// two, cannot move it) follows the recording through gaps and stays put
+/// under a reading stamped a day or 8,000 years ahead, which the engine
+/// then refuses as skewed. Never goes back.
+fn recording_clock(readings: &[&Reading]) -> Vec<EpochMs> {
+    const HALF: usize = 2;
+    let mut clock = Vec::with_capacity(readings.len());
+    let mut now = EpochMs::MIN;
+    let mut around = Vec::with_capacity(2 * HALF + 1);
+    for i in 0..readings.len() {
+        around.clear();
+        let (lo, hi) = (i.saturating_sub(HALF), (i + HALF + 1).min(readings.len()));
+        around.extend(readings[lo..hi].iter().map(|r| r.time_ms));
+        around.sort_unstable();
+        now = now.max(around[around.len() / 2]);
+        clock.push(now);
+    }
+    clock
 }
 
 /// The report as an engineer reads it in a terminal.
@@ -382,6 +406,12 @@ pub fn print_text(report: &Report) {
     }
     if let Some(t) = &report.total {
         println!("total: {}", label_line(t));
+    }
+    if report.late + report.skewed > 0 {
+        println!(
+            "not used: {} late reading(s), {} stamped too far ahead of the recording's clock",
+            report.late, report.skewed
+        );
     }
 }
 

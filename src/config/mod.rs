@@ -2,6 +2,7 @@
 //! out. Parsing (serde `Raw*` types) and validation are separate steps, and
 //! every error is collected with its file and line before anything starts.
 
+mod detect;
 mod detection;
 mod detection_layer;
 mod detection_merge;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use detect::{DetectConfig, DEFAULT_MAX_FUTURE_SKEW_MS};
 pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};
@@ -43,6 +45,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// An MQTT broker inside vigil; `None`: the sensors' broker is elsewhere.
     pub embedded_broker: Option<EmbeddedBrokerConfig>,
+    /// Gateway-wide rules of detection (`[detect]`).
+    pub detect: DetectConfig,
     pub devices_dir: PathBuf,
     pub devices: DeviceRegistry,
 }
@@ -138,6 +142,7 @@ struct RawConfig {
     upstream: Option<upstream::RawUpstream>,
     http: Option<RawHttp>,
     embedded_broker: Option<embedded::RawEmbedded>,
+    detect: Option<detect::RawDetect>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +350,7 @@ fn validate(
     }
 
     let http = validate_http(src, raw.http, errors);
+    let detect = detect::validate(src, raw.detect, errors);
 
     // Device files are optional: a missing default directory means none; a
     // directory named in the file must exist.
@@ -368,6 +374,7 @@ fn validate(
         upstream,
         http,
         embedded_broker,
+        detect,
         devices_dir,
         devices: devices?,
     })

@@ -44,6 +44,15 @@ pub struct DetectCounters {
     /// Redelivered copies of a reading already taken.
     pub duplicates: u64,
     pub windows: u64,
+    /// Stamped further ahead of the processing clock than the allowed skew:
+    /// counted, not used.
+    #[serde(default)]
+    pub skewed: u64,
+    /// Times a stream's event time was found ahead of the processing clock
+    /// (a reading accepted before the clock stepped back, or by an older
+    /// version) and its windows started over.
+    #[serde(default)]
+    pub clock_resets: u64,
     pub raised: BTreeMap<Severity, u64>,
     pub escalated: u64,
     pub cleared: u64,
@@ -66,6 +75,26 @@ pub struct StreamState {
     pub(super) learned: BTreeMap<String, Learned>,
     pub(super) volatility: Volatility,
     pub(super) conditions: BTreeMap<String, Condition>,
+}
+
+impl StreamState {
+    /// The stream's event time is further ahead of the processing time
+    /// `now_ms` than `skew_ms`.
+    fn time_ahead_of(&self, now_ms: EpochMs, skew_ms: EpochMs) -> bool {
+        self.newest_ms
+            .is_some_and(|n| n > now_ms.saturating_add(skew_ms))
+    }
+
+    /// Forget where the stream is in event time: its open windows (which lie
+    /// in the future), its watermark, and the window rate limits compare
+    /// with. What it learned about its values and its open alerts stay.
+    fn restart_event_time(&mut self) {
+        self.windows = Windows::new(self.windows.spec());
+        self.origin_ms = None;
+        self.newest_ms = None;
+        self.interval_ms = 0.0;
+        self.prev = None;
+    }
 }
 
 /// Sums of one window: time-domain moments and, for waveform blocks, the
@@ -112,6 +141,8 @@ pub struct Engine {
     dirty: Vec<String>,
     /// Reused to look streams up without allocating a key per reading.
     key_buf: String,
+    /// Event times further ahead of the processing time are not trusted.
+    max_future_skew_ms: EpochMs,
 }
 
 /// Key of a stream in maps and in the store: `device NUL metric` (names are
@@ -156,6 +187,25 @@ impl Engine {
             counters: DetectCounters::default(),
             dirty: Vec::new(),
             key_buf: String::new(),
+            max_future_skew_ms: crate::config::DEFAULT_MAX_FUTURE_SKEW_MS,
+        }
+    }
+
+    /// How far ahead of the processing time an event time may be
+    /// (`detect.max_future_skew_ms`).
+    pub fn set_max_future_skew(&mut self, ms: EpochMs) {
+        self.max_future_skew_ms = ms.max(0);
+    }
+
+    /// The wall clock stepped by `delta_ms` (an NTP correction, an operator
+    /// setting the time) beyond what a monotonic clock measured. Processing
+    /// times remembered per stream move with it, so that the step is not
+    /// taken for sensors being silent (or for them having just spoken).
+    pub fn clock_stepped(&mut self, delta_ms: EpochMs) {
+        for s in self.streams.values_mut() {
+            if let Some(seen) = &mut s.state.seen_at_ms {
+                *seen = seen.saturating_add(delta_ms);
+            }
         }
     }
 
@@ -292,6 +342,12 @@ impl Engine {
     /// Run one reading through its stream's windows and detectors.
     pub fn process(&mut self, r: &Reading, now_ms: EpochMs, out: &mut Output) {
         self.counters.readings += 1;
+        // Ingest refuses such readings; these came before the processing
+        // clock stepped back, from an older version, or from a recording.
+        if r.time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
+            self.counters.skewed += 1;
+            return;
+        }
         stream_key(&mut self.key_buf, &r.device, &r.metric);
         if !self.streams.contains_key(self.key_buf.as_str()) {
             let settings = Arc::new(self.registry.stream_settings(&r.device, &r.metric));
@@ -323,6 +379,7 @@ impl Engine {
             counters,
             dirty,
             key_buf,
+            max_future_skew_ms,
             ..
         } = self;
         let stream = streams.get_mut(key_buf.as_str()).expect("inserted above");
@@ -332,6 +389,10 @@ impl Engine {
         }
         let settings = stream.settings.clone();
         let st = &mut stream.state;
+        if st.time_ahead_of(now_ms, *max_future_skew_ms) {
+            st.restart_event_time();
+            counters.clock_resets += 1;
+        }
 
         // A silent sensor that speaks again clears its alert at once.
         if let Some(cond) = st.conditions.get_mut(SILENCE) {
@@ -400,16 +461,25 @@ impl Engine {
             streams,
             counters,
             dirty,
+            max_future_skew_ms,
             ..
         } = self;
         for (key, stream) in streams.iter_mut() {
             let settings = stream.settings.clone();
+            let mut changed = false;
+            if stream.state.time_ahead_of(now_ms, *max_future_skew_ms) {
+                stream.state.restart_event_time();
+                counters.clock_resets += 1;
+                if !stream.dirty {
+                    stream.dirty = true;
+                    dirty.push(key.clone());
+                }
+            }
             let (Some(seen), Some(newest)) = (stream.state.seen_at_ms, stream.state.newest_ms)
             else {
                 continue;
             };
             let quiet = now_ms - seen;
-            let mut changed = false;
             if stream.state.windows.has_open() {
                 // Event time as it would be now had the sensor kept sending:
                 // its clock, advanced by the processing time since it spoke.
@@ -429,7 +499,7 @@ impl Engine {
                         }
                     }
                 }
-                changed = !closed.is_empty();
+                changed |= !closed.is_empty();
                 stream.evaluate_all(&settings, closed, counters, out);
             }
             if let Some(limit) = settings.silent_after_ms {

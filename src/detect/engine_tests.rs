@@ -86,3 +86,129 @@ fn dirty_states_are_handed_out_once() {
     assert_eq!(e.take_dirty().len(), 1);
     assert!(e.take_dirty().is_empty());
 }
+
+/// A device whose 10 s mean above 80 raises an alert at once.
+const LIMITED: &str = r#"match = "pump-1"
+[alerts]
+raise_after = 1
+[metrics.temperature]
+window = "10s"
+allowed_lateness = "1s"
+silent_after = "30s"
+[metrics.temperature.limits.mean]
+warning_above = 80.0
+"#;
+
+/// One reading a second from `from_s` to `to_s` (exclusive) at `value`,
+/// each processed when it was stamped.
+fn feed(e: &mut Engine, out: &mut Output, from_s: i64, to_s: i64, value: f64) {
+    for s in from_s..to_s {
+        let t = T0 + s * 1000;
+        e.tick(t, out);
+        e.process(&reading(t, value), t, out);
+    }
+}
+
+/// A processing time of 2026.
+const T0: EpochMs = 1_795_255_200_000;
+const YEAR_9999: EpochMs = 253_402_300_799_000;
+const DAY: EpochMs = 86_400_000;
+
+#[test]
+fn readings_stamped_ahead_of_the_clock_are_counted_and_the_stream_keeps_detecting() {
+    let mut e = engine(LIMITED);
+    let mut out = Output::default();
+    feed(&mut e, &mut out, 0, 30, 20.0);
+    let windows = out.aggregates.len();
+    assert!(windows >= 2);
+    // A reading stamped in 9999 and one a day ahead, received at 30 s.
+    let now = T0 + 30_000;
+    e.process(&reading(YEAR_9999, 20.0), now, &mut out);
+    e.process(&reading(now + DAY, 20.0), now, &mut out);
+    assert_eq!(e.counters().skewed, 2);
+    // The stream goes on: its windows keep closing, and an overheating
+    // after the skewed readings raises its alert.
+    feed(&mut e, &mut out, 30, 60, 20.0);
+    assert!(
+        out.aggregates.len() >= windows + 3,
+        "windows stopped closing"
+    );
+    assert_eq!(
+        e.counters().late,
+        0,
+        "readings after the skewed ones taken as late"
+    );
+    feed(&mut e, &mut out, 60, 80, 95.0);
+    let raised = out
+        .alerts
+        .iter()
+        .find(|a| a.kind == AlertKind::Raised && a.detector == "limit")
+        .expect("no alert after the skewed readings");
+    assert!(raised.window_start_ms >= T0 + 60_000);
+    assert!(out.aggregates.iter().all(|a| a.end_ms <= T0 + 90_000));
+}
+
+#[test]
+fn a_stream_whose_time_ran_ahead_recovers_from_its_checkpoint() {
+    // What an earlier version did: take a reading a day ahead into the
+    // windows, and checkpoint the stream with its watermark there.
+    let mut old = engine(LIMITED);
+    old.set_max_future_skew(EpochMs::MAX);
+    let mut out = Output::default();
+    feed(&mut old, &mut out, 0, 20, 20.0);
+    old.process(&reading(T0 + 20_000 + DAY, 20.0), T0 + 20_000, &mut out);
+    let (key, state) = old.take_dirty().pop().unwrap();
+    let mut bytes = Vec::new();
+    ciborium::ser::into_writer(state, &mut bytes).unwrap();
+
+    let mut e = engine(LIMITED);
+    e.restore(&key, ciborium::de::from_reader(bytes.as_slice()).unwrap());
+    e.resume(T0 + 20_000);
+    let mut out = Output::default();
+    feed(&mut e, &mut out, 21, 60, 20.0);
+    assert_eq!(e.counters().clock_resets, 1);
+    assert_eq!(
+        e.counters().late,
+        0,
+        "readings after the restart taken as late"
+    );
+    assert!(out.aggregates.len() >= 3, "the stream stopped detecting");
+    feed(&mut e, &mut out, 60, 80, 95.0);
+    assert!(
+        out.alerts.iter().any(|a| a.kind == AlertKind::Raised),
+        "no alert from a stream that recovered"
+    );
+    // Its aggregates are in the present, not a day ahead.
+    assert!(out.aggregates.iter().all(|a| a.end_ms < T0 + DAY));
+}
+
+#[test]
+fn a_clock_step_back_restarts_streams_whose_time_is_ahead() {
+    // Readings without a time took the gateway's clock, a day fast; then
+    // NTP set it right. The tick finds the stream ahead and restarts it.
+    let mut e = engine(LIMITED);
+    let mut out = Output::default();
+    feed(&mut e, &mut out, DAY / 1000, DAY / 1000 + 20, 20.0);
+    e.tick(T0 + 21_000, &mut out);
+    assert_eq!(e.counters().clock_resets, 1);
+    feed(&mut e, &mut out, 21, 60, 20.0);
+    assert_eq!(e.counters().late, 0);
+    assert!(out.aggregates.iter().any(|a| a.end_ms <= T0 + 60_000));
+}
+
+#[test]
+fn a_wall_clock_step_told_to_the_engine_is_not_silence() {
+    for told in [false, true] {
+        let mut e = engine(DEVICE);
+        let mut out = Output::default();
+        feed(&mut e, &mut out, 0, 10, 20.0);
+        // The wall clock jumps an hour forward one second later.
+        let now = T0 + 10_000 + 3_600_000;
+        if told {
+            e.clock_stepped(3_600_000);
+        }
+        e.tick(now, &mut out);
+        let silent = out.alerts.iter().any(|a| a.detector == "silence");
+        assert_eq!(silent, !told, "told the engine of the step: {told}");
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod baseline;
+pub mod clock;
 pub mod engine;
 mod evaluate;
 pub mod features;

@@ -24,10 +24,11 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::DeviceRegistry;
-use crate::model::{wall_ms, AlertEvent, AlertKind};
+use crate::model::{wall_ms, AlertEvent, AlertKind, EpochMs};
 use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
 
+use super::clock::StepWatch;
 use super::engine::{DetectCounters, Engine, Output, StreamState};
 
 /// Readings per detection batch (one transaction): at least this many, and
@@ -37,6 +38,11 @@ use super::engine::{DetectCounters, Engine, Output, StreamState};
 const BATCH_MIN: usize = 4096;
 const BATCH_MAX: usize = 65_536;
 const BATCH_PER_STREAM: usize = 64;
+/// Decoded readings a batch holds in memory at most (one reading more if a
+/// single one is larger). 65,536 scalar readings take about 7 MiB; a waveform block
+/// can decode to 2 MiB, so a count alone would let a backlog of them take
+/// gigabytes after a restart.
+pub const BATCH_MAX_BYTES: usize = 8 << 20;
 /// How often processing-time work (idle windows, silent sensors) runs.
 const TICK: Duration = Duration::from_secs(1);
 /// Input paused this long: what is held is written (the end of a burst, or
@@ -64,6 +70,10 @@ pub struct DetectMetrics {
     /// From the engine's counters, which are kept with its checkpoint.
     pub late: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Readings stamped too far ahead of the processing clock, not used.
+    pub skewed: AtomicU64,
+    /// Streams whose event time ran ahead of the clock and started over.
+    pub clock_resets: AtomicU64,
     pub windows: AtomicU64,
     pub streams: AtomicU64,
     /// Alerts open now, by severity (updated once a second).
@@ -83,6 +93,8 @@ pub struct Task {
     pub health: Arc<Health>,
     /// Longest time progress without alerts stays uncommitted.
     pub checkpoint_interval: Duration,
+    /// Event times further ahead of the wall clock are not used.
+    pub max_future_skew_ms: EpochMs,
 }
 
 /// Rebuild the engine from the store's checkpoints.
@@ -158,6 +170,7 @@ pub async fn run(task: Task) {
         metrics,
         health,
         checkpoint_interval,
+        max_future_skew_ms,
     } = task;
     let mut registry = registry_rx.borrow_and_update().clone();
     let mut registry_open = true;
@@ -166,7 +179,10 @@ pub async fn run(task: Task) {
     let (mut engine, cursor) = loop {
         let (s, r) = (store.clone(), registry.clone());
         match tokio::task::spawn_blocking(move || restore(&s, r)).await {
-            Ok(Ok(v)) => break v,
+            Ok(Ok((mut e, c))) => {
+                e.set_max_future_skew(max_future_skew_ms);
+                break (e, c);
+            }
             Ok(Err(e)) => error!(error = %e, "cannot read detection checkpoints; retrying"),
             Err(e) => error!(error = %e, "cannot read detection checkpoints; retrying"),
         }
@@ -182,6 +198,8 @@ pub async fn run(task: Task) {
     );
     let mut pending = Pending::at(cursor, checkpoint_interval);
     let mut last_tick = Instant::now();
+    // At most one warning a minute about event times ahead of the clock.
+    let mut time_warned: Option<Instant> = None;
     loop {
         let stopping = *shutdown.borrow();
         let tick_due = last_tick.elapsed() >= TICK;
@@ -220,20 +238,6 @@ pub async fn run(task: Task) {
         };
         engine = returned;
         pending = returned_pending;
-        let c = engine.counters();
-        metrics.late.store(c.late, Ordering::Relaxed);
-        metrics.duplicates.store(c.duplicates, Ordering::Relaxed);
-        metrics.windows.store(c.windows, Ordering::Relaxed);
-        metrics
-            .streams
-            .store(engine.streams() as u64, Ordering::Relaxed);
-        metrics.cursor.store(pending.cursor, Ordering::Relaxed);
-        if tick_due {
-            for (gauge, n) in metrics.open_alerts.iter().zip(engine.open_alerts()) {
-                gauge.store(n, Ordering::Relaxed);
-            }
-            last_tick = Instant::now();
-        }
         let processed = match result {
             Ok(s) => {
                 metrics
@@ -266,8 +270,10 @@ pub async fn run(task: Task) {
                 // The transaction did not happen: rebuild the engine as it
                 // was, and forget what was held since.
                 let (s, r) = (store.clone(), registry.clone());
-                if let Ok(Ok((e2, c2))) = tokio::task::spawn_blocking(move || restore(&s, r)).await
+                if let Ok(Ok((mut e2, c2))) =
+                    tokio::task::spawn_blocking(move || restore(&s, r)).await
                 {
+                    e2.set_max_future_skew(max_future_skew_ms);
                     engine = e2;
                     pending = Pending::at(c2, checkpoint_interval);
                 }
@@ -281,6 +287,34 @@ pub async fn run(task: Task) {
                 continue;
             }
         };
+        // The engine's counters after the outputs' (above): a reader that sees
+        // a window counted sees the alerts it raised.
+        let c = engine.counters();
+        metrics.late.store(c.late, Ordering::Relaxed);
+        metrics.duplicates.store(c.duplicates, Ordering::Relaxed);
+        let skewed = metrics.skewed.swap(c.skewed, Ordering::Relaxed);
+        let resets = metrics.clock_resets.swap(c.clock_resets, Ordering::Relaxed);
+        if (c.skewed > skewed || c.clock_resets > resets)
+            && time_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            time_warned = Some(Instant::now());
+            warn!(
+                skewed = c.skewed,
+                streams_restarted = c.clock_resets,
+                "event times ahead of the gateway's clock: readings stamped more than detect.max_future_skew_ms ahead are not used, and streams whose time ran ahead start their windows over"
+            );
+        }
+        metrics.windows.store(c.windows, Ordering::Relaxed);
+        metrics
+            .streams
+            .store(engine.streams() as u64, Ordering::Relaxed);
+        metrics.cursor.store(pending.cursor, Ordering::Relaxed);
+        if tick_due {
+            for (gauge, n) in metrics.open_alerts.iter().zip(engine.open_alerts()) {
+                gauge.store(n, Ordering::Relaxed);
+            }
+            last_tick = Instant::now();
+        }
         if stopping {
             break;
         }
@@ -319,6 +353,10 @@ struct Pending {
     /// Input paused this long: write (normally [`IDLE`]).
     idle: Duration,
     interval: Duration,
+    /// Tells wall-clock steps from time passing (silence is an interval).
+    clock: StepWatch,
+    /// Origin of the monotonic clock `clock` compares with.
+    started: Instant,
 }
 
 impl Pending {
@@ -332,6 +370,8 @@ impl Pending {
             last_read: Instant::now(),
             idle: IDLE,
             interval,
+            clock: StepWatch::default(),
+            started: Instant::now(),
         }
     }
 
@@ -406,8 +446,16 @@ fn step(
         Work::CommitOnly => true,
         Work::Batch { tick, reload } => {
             let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
-            let batch = store.readings_from(pending.cursor, size)?;
+            let batch = store.readings_within(pending.cursor, size, BATCH_MAX_BYTES)?;
             let now = wall_ms();
+            let mono = pending.started.elapsed().as_millis() as EpochMs;
+            if let Some(step) = pending.clock.observe(now, mono) {
+                warn!(
+                    step_ms = step,
+                    "the wall clock stepped; silence is measured across the step as the time that really passed"
+                );
+                engine.clock_stepped(step);
+            }
             if let Some(registry) = reload {
                 // Before the batch: its windows close under the new settings.
                 let r = engine.reload(registry, now, &mut pending.out);

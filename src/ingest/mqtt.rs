@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::ratelimit::RateLimit;
-use super::route::{route, Outcome};
+use super::route::{clock_is_set, route, Limits, Outcome, CLOCK_FLOOR_MS};
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
 use crate::config::{BrokerConfig, Subscription};
 use crate::link::Link;
-use crate::model::{wall_ms, Reason};
+use crate::model::{wall_ms, EpochMs, Reason};
 use crate::ops::{Health, Stage};
 
 /// How long shutdown waits for the last acks to reach the broker.
@@ -53,6 +53,8 @@ pub struct Task {
     pub client: AsyncClient,
     pub broker: BrokerConfig,
     pub subscriptions: Arc<[Subscription]>,
+    /// Event times further ahead of the gateway's clock are dead-lettered.
+    pub max_future_skew_ms: EpochMs,
     pub inbound_tx: mpsc::Sender<Inbound>,
     pub memory: MemoryBudget,
     pub shutdown: watch::Receiver<bool>,
@@ -69,6 +71,7 @@ pub async fn run(task: Task) {
         client,
         broker,
         subscriptions,
+        max_future_skew_ms,
         inbound_tx,
         memory: budget,
         mut shutdown,
@@ -79,6 +82,7 @@ pub async fn run(task: Task) {
     let mut link = Link::new("local", "broker", &broker);
     let addr = link.addr().to_string();
     let mut warnings = RateLimit::new(Duration::from_secs(10));
+    let mut clock_unset_logged = false;
     info!(broker = %addr, client_id = %broker.client_id, "connecting to the local broker");
 
     'run: loop {
@@ -123,13 +127,20 @@ pub async fn run(task: Task) {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.messages.fetch_add(1, Ordering::Relaxed);
                 let busy = health.busy(Stage::Ingest);
-                let outcome = route(
-                    &subscriptions,
-                    broker.max_payload_bytes,
-                    &p.topic,
-                    &p.payload,
-                    wall_ms(),
-                );
+                let now = wall_ms();
+                if !clock_is_set(now) && !clock_unset_logged {
+                    clock_unset_logged = true;
+                    warn!(
+                        clock = %crate::model::rfc3339(now),
+                        "the gateway's clock is not set (before {}): sensors' event times cannot be checked against it until it is; check NTP",
+                        crate::model::rfc3339(CLOCK_FLOOR_MS)
+                    );
+                }
+                let limits = Limits {
+                    max_payload_bytes: broker.max_payload_bytes,
+                    max_future_skew_ms,
+                };
+                let outcome = route(&subscriptions, limits, &p.topic, &p.payload, now);
                 if let Outcome::Rejected(dl) = &outcome {
                     metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     warn_rejected(&mut warnings, dl.reason, &dl.topic, &dl.detail);

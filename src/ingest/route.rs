@@ -1,5 +1,15 @@
 //! From one MQTT publish to what the writer stores: readings, or a dead letter
 //! with its reason. Pure: topic, payload and receive time are arguments.
+//!
+//! Event times come from the sensors' clocks and are untrusted. A reading
+//! stamped further ahead of the gateway's clock than `max_future_skew_ms`
+//! would move its stream's watermark into the future and make every later
+//! reading late, so its payload is dead-lettered (`clock_skew`). Readings
+//! from the past are kept: a sensor sending its own backlog after an outage
+//! is normal, and detection counts what falls behind a stream's watermark
+//! as late. A gateway whose clock reads before [`CLOCK_FLOOR_MS`] has not
+//! been set yet (no RTC, no NTP so far): then nothing can be judged ahead of
+//! it, and the check waits until the clock is set.
 
 use crate::config::Subscription;
 use crate::model::{DeadLetter, EpochMs, Reading, Reason};
@@ -8,6 +18,24 @@ use super::decode::{decode, Rejection};
 
 /// Dead letters keep at most this much of an oversized payload.
 pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// The gateway's clock before this instant (2026-01-01T00:00:00Z, before
+/// this version existed) has not been set.
+pub const CLOCK_FLOOR_MS: EpochMs = 1_767_225_600_000;
+
+/// Whether a gateway clock reading `now_ms` can judge sensors' clocks.
+pub fn clock_is_set(now_ms: EpochMs) -> bool {
+    now_ms >= CLOCK_FLOOR_MS
+}
+
+/// What a publish must satisfy besides its format.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Larger payloads are dead-lettered without being decoded.
+    pub max_payload_bytes: usize,
+    /// Event times further ahead of the receive time are dead-lettered.
+    pub max_future_skew_ms: EpochMs,
+}
 
 /// What one MQTT message turned into.
 #[derive(Debug, PartialEq)]
@@ -19,18 +47,12 @@ pub enum Outcome {
 /// Decode a publish received on `topic` at `received_ms`.
 pub fn route(
     subscriptions: &[Subscription],
-    max_payload_bytes: usize,
+    limits: Limits,
     topic: &str,
     payload: &[u8],
     received_ms: EpochMs,
 ) -> Outcome {
-    match try_route(
-        subscriptions,
-        max_payload_bytes,
-        topic,
-        payload,
-        received_ms,
-    ) {
+    match try_route(subscriptions, limits, topic, payload, received_ms) {
         Ok(readings) => Outcome::Readings(readings),
         Err(rej) => Outcome::Rejected(DeadLetter {
             topic: topic.to_string(),
@@ -45,11 +67,12 @@ pub fn route(
 
 fn try_route(
     subscriptions: &[Subscription],
-    max_payload_bytes: usize,
+    limits: Limits,
     topic: &str,
     payload: &[u8],
     received_ms: EpochMs,
 ) -> Result<Vec<Reading>, Rejection> {
+    let max_payload_bytes = limits.max_payload_bytes;
     if payload.len() > max_payload_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -81,7 +104,46 @@ fn try_route(
                 ),
             )
         })?;
-    decode(sub.format, ids, payload, received_ms)
+    let readings = decode(sub.format, ids, payload, received_ms)?;
+    if clock_is_set(received_ms) {
+        let ahead = readings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.time_ms.saturating_sub(received_ms)))
+            .max_by_key(|(_, ahead)| *ahead);
+        if let Some((i, ahead)) = ahead.filter(|(_, a)| *a > limits.max_future_skew_ms) {
+            let which = if readings.len() > 1 {
+                format!("reading {i}'s event time")
+            } else {
+                "event time".to_string()
+            };
+            return Err(Rejection::new(
+                Reason::ClockSkew,
+                format!(
+                    "{which} {} is {} ahead of the gateway's clock ({}); more than detect.max_future_skew_ms ({} ms) means the sensor's clock is wrong",
+                    crate::model::rfc3339(readings[i].time_ms),
+                    span(ahead),
+                    crate::model::rfc3339(received_ms),
+                    limits.max_future_skew_ms
+                ),
+            ));
+        }
+    }
+    Ok(readings)
+}
+
+/// `ms` for a person: seconds, minutes, hours or days.
+fn span(ms: EpochMs) -> String {
+    let s = ms as f64 / 1000.0;
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else if s < 172_800.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.0} days", s / 86_400.0)
+    }
 }
 
 #[cfg(test)]
@@ -98,8 +160,15 @@ mod tests {
         }]
     }
 
+    const LIMITS: Limits = Limits {
+        max_payload_bytes: 100,
+        max_future_skew_ms: 300_000,
+    };
+    /// A receive time on a gateway whose clock is set.
+    const NOW: EpochMs = 1_795_255_200_000;
+
     fn rejected(topic: &str, payload: &[u8]) -> DeadLetter {
-        match route(&subs(), 100, topic, payload, 7) {
+        match route(&subs(), LIMITS, topic, payload, 7) {
             Outcome::Rejected(dl) => dl,
             other => panic!("expected a rejection, got {other:?}"),
         }
@@ -107,7 +176,7 @@ mod tests {
 
     #[test]
     fn good_message_becomes_readings() {
-        let out = route(&subs(), 100, "plant/l1/pump-1/temp", b"21.5", 7);
+        let out = route(&subs(), LIMITS, "plant/l1/pump-1/temp", b"21.5", 7);
         let Outcome::Readings(rs) = out else {
             panic!("{out:?}")
         };
@@ -134,7 +203,7 @@ mod tests {
             qos: 1,
             format: PayloadFormat::Auto,
         });
-        let Outcome::Readings(rs) = route(&subs, 100, "plant/fan-2/rpm", b"1", 7) else {
+        let Outcome::Readings(rs) = route(&subs, LIMITS, "plant/fan-2/rpm", b"1", 7) else {
             panic!("not routed to the second subscription")
         };
         assert_eq!(
@@ -156,5 +225,70 @@ mod tests {
         assert_eq!(dl.reason, Reason::Malformed);
         assert_eq!(dl.payload, b"{oops");
         assert!(dl.detail.contains("invalid JSON"), "{}", dl.detail);
+    }
+
+    fn at(payload: &str, received_ms: EpochMs) -> Outcome {
+        route(
+            &subs(),
+            Limits {
+                max_payload_bytes: 1000,
+                ..LIMITS
+            },
+            "plant/l1/pump-1/temp",
+            payload.as_bytes(),
+            received_ms,
+        )
+    }
+
+    #[test]
+    fn a_reading_too_far_ahead_of_the_gateway_clock_is_dead_lettered() {
+        // A day ahead, and the year 9999.
+        for ts in [NOW + 86_400_000, 253_402_300_799_000] {
+            let Outcome::Rejected(dl) = at(&format!(r#"{{"value": 1, "ts": {ts}}}"#), NOW) else {
+                panic!("accepted a reading stamped {ts}")
+            };
+            assert_eq!(dl.reason, Reason::ClockSkew);
+            assert!(
+                dl.detail.contains("ahead of the gateway's clock"),
+                "{}",
+                dl.detail
+            );
+        }
+        // One skewed reading in a batch: the payload is kept whole, as a dead letter.
+        let batch = format!(
+            r#"[{{"value": 1, "ts": {NOW}}}, {{"value": 2, "ts": {}}}]"#,
+            NOW + 3_600_000
+        );
+        let Outcome::Rejected(dl) = at(&batch, NOW) else {
+            panic!("accepted a batch with a skewed reading")
+        };
+        assert!(
+            dl.detail.starts_with("reading 1's event time"),
+            "{}",
+            dl.detail
+        );
+    }
+
+    #[test]
+    fn readings_within_the_skew_from_the_past_or_without_a_time_are_kept() {
+        for payload in [
+            format!(r#"{{"value": 1, "ts": {}}}"#, NOW + 300_000),
+            format!(r#"{{"value": 1, "ts": {}}}"#, NOW - 30 * 86_400_000),
+            r#"{"value": 1, "ts": 0}"#.to_string(),
+            r#"{"value": 1}"#.to_string(),
+        ] {
+            assert!(
+                matches!(at(&payload, NOW), Outcome::Readings(_)),
+                "{payload} was refused"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gateway_clock_that_is_not_set_judges_nothing() {
+        // Booted without a real-time clock: the gateway thinks it is 1970.
+        let payload = format!(r#"{{"value": 1, "ts": {NOW}}}"#);
+        assert!(matches!(at(&payload, 60_000), Outcome::Readings(_)));
+        assert!(!clock_is_set(60_000) && clock_is_set(NOW));
     }
 }

@@ -226,6 +226,18 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
         load(&d.late),
     );
     t.one(
+        "vigil_readings_skewed_total",
+        Counter,
+        "Readings in the log stamped further ahead of the gateway's clock than detect.max_future_skew_ms (counted, not used).",
+        load(&d.skewed),
+    );
+    t.one(
+        "vigil_stream_clock_resets_total",
+        Counter,
+        "Times a stream's event time was found ahead of the gateway's clock and its windows started over.",
+        load(&d.clock_resets),
+    );
+    t.one(
         "vigil_readings_duplicate_total",
         Counter,
         "Redelivered copies of readings already taken.",

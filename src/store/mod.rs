@@ -560,14 +560,32 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Reading)>, StoreError> {
+        self.readings_within(from, limit, usize::MAX)
+    }
+
+    /// Readings with sequence numbers `>= from`, in order, at most `limit`
+    /// of them and, once decoded, at most `max_bytes` in memory
+    /// ([`Reading::approx_bytes`]); always at least one when there is one.
+    /// Only the blocks read are decoded, and a block holds at most
+    /// `BLOCK_MAX_BYTES` encoded (or one larger reading).
+    pub fn readings_within(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Reading)>, StoreError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         // The block holding `from` starts at or before it.
         let start = match self.inner.readings.range(..=key(from)).next_back() {
             Some(entry) => seq_of(&entry?.0),
             None => from,
         };
-        for entry in self.inner.readings.range(key(start)..) {
-            if out.len() >= limit {
+        let full = |out: &Vec<(u64, Reading)>, bytes: usize| {
+            out.len() >= limit || (!out.is_empty() && bytes >= max_bytes)
+        };
+        'blocks: for entry in self.inner.readings.range(key(start)..) {
+            if full(&out, bytes) {
                 break;
             }
             let (k, v) = entry?;
@@ -575,9 +593,14 @@ impl Store {
             let block = decode_block_at(first, &v)?;
             for (i, r) in block.into_iter().enumerate() {
                 let seq = first + i as u64;
-                if seq >= from && out.len() < limit {
-                    out.push((seq, r));
+                if seq < from {
+                    continue;
                 }
+                if full(&out, bytes) {
+                    break 'blocks;
+                }
+                bytes += r.approx_bytes();
+                out.push((seq, r));
             }
         }
         Ok(out)

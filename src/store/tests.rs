@@ -76,6 +76,41 @@ fn commits_survive_reopen_with_sequence_and_counters() {
 }
 
 #[test]
+fn a_read_is_bounded_by_decoded_bytes_as_well_as_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    // 40 waveform blocks of 100,000 samples (400 KB each in memory).
+    let block = |i: u64| Reading {
+        device: "motor-1".into(),
+        metric: "vibration".into(),
+        time_ms: 1_700_000_000_000 + i as i64,
+        value: Value::Waveform(Waveform {
+            sample_rate_hz: 25_600.0,
+            samples: vec![i as f32; 100_000],
+        }),
+    };
+    s.commit(&Batch {
+        readings: (0..40).map(block).collect(),
+        dead_letters: vec![],
+        messages: 40,
+    })
+    .unwrap();
+    let got = s.readings_within(5, 65_536, 1 << 20).unwrap();
+    let bytes: usize = got.iter().map(|(_, r)| r.approx_bytes()).sum();
+    // Three blocks reach a MiB; none more is decoded into the batch.
+    assert_eq!(got.len(), 3);
+    assert!(bytes < (1 << 20) + block(0).approx_bytes());
+    assert_eq!(got[0], (5, block(5)));
+    // A single reading larger than the bound still comes out, alone.
+    assert_eq!(
+        s.readings_within(39, 65_536, 1).unwrap(),
+        vec![(39, block(39))]
+    );
+    // The count bound still holds for small readings.
+    assert_eq!(s.readings_within(0, 2, usize::MAX).unwrap().len(), 2);
+}
+
+#[test]
 fn reads_from_the_middle_of_a_block() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), 1 << 30);
