@@ -822,6 +822,7 @@ fn steps(store: &Store, engine: &mut Engine, cursor: &mut u64, batches: u64) -> 
             checkpoints,
             alerts: out.alerts,
             aggregates: out.aggregates,
+            ..DetectionCommit::default()
         };
         let t3 = Instant::now();
         store.commit_detection(&commit).expect("commit detection");

@@ -108,6 +108,9 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The device files: detection, and ingest with `devices_known_only`;
+    // SIGHUP sends new ones.
+    let (registry_tx, registry_rx) = watch::channel(config.devices.clone());
     let metrics = Arc::new(IngestMetrics::default());
     let mut tasks = JoinSet::new();
 
@@ -131,6 +134,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             broker: config.broker.clone(),
             subscriptions: config.subscriptions.clone().into(),
             max_future_skew_ms: config.detect.max_future_skew_ms,
+            known_devices: config
+                .detect
+                .devices_known_only
+                .then(|| registry_rx.clone()),
             inbound_tx,
             memory: memory.clone(),
             shutdown: shutdown_rx.clone(),
@@ -159,7 +166,6 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     // Detect: tails the readings log (woken by each commit) → outbox.
     let detect_metrics = Arc::new(DetectMetrics::default());
     let (outbox_tx, outbox_rx) = watch::channel(0u64);
-    let (registry_tx, registry_rx) = watch::channel(config.devices.clone());
     tasks.spawn(supervise(
         health.clone(),
         Stage::Detect,
@@ -173,6 +179,11 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             health: health.clone(),
             checkpoint_interval: config.store.checkpoint_interval,
             max_future_skew_ms: config.detect.max_future_skew_ms,
+            stream_limits: detect::StreamLimits {
+                max_streams: config.detect.max_streams,
+                idle_ms: config.detect.stream_idle_ms,
+            },
+            alert_storm_per_minute: config.detect.alert_storm_per_minute,
         }),
     ));
 

@@ -117,10 +117,12 @@ pub enum Reason {
     /// Event time further ahead of the gateway's clock than
     /// `detect.max_future_skew_ms`: the sensor's clock is wrong.
     ClockSkew,
+    /// A device no device file names, with `detect.devices_known_only`.
+    UnknownDevice,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Malformed,
         Reason::Schema,
         Reason::NotFinite,
@@ -128,6 +130,7 @@ impl Reason {
         Reason::TopicMismatch,
         Reason::UnsafeName,
         Reason::ClockSkew,
+        Reason::UnknownDevice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +142,7 @@ impl Reason {
             Reason::TopicMismatch => "topic_mismatch",
             Reason::UnsafeName => "unsafe_name",
             Reason::ClockSkew => "clock_skew",
+            Reason::UnknownDevice => "unknown_device",
         }
     }
 }

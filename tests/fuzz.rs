@@ -991,6 +991,7 @@ fn route_random_topics() {
             let limits = Limits {
                 max_payload_bytes: max_payload,
                 max_future_skew_ms: 300_000,
+                known_devices: None,
             };
             let received_ms = ROUTE_RECEIVED_MS;
             match route(&subs, limits, &topic, &payload, received_ms) {

@@ -19,4 +19,5 @@ mod quality;
 mod reconnect;
 mod reload;
 mod simulate;
+mod streams;
 mod tls;

@@ -103,6 +103,7 @@ pub fn fill_outbox(store: &Store, aggregates: u64, alerts: u64) {
             checkpoints: Vec::new(),
             alerts: (j..due).map(alert).collect(),
             aggregates: (k..k + n).map(|i| aggregate(i, &mut rng)).collect(),
+            ..DetectionCommit::default()
         };
         store.commit_detection(&commit).expect("fill the outbox");
         k += n;

@@ -84,6 +84,13 @@ impl DeviceRegistry {
         }
     }
 
+    /// Some device file's `match` names `device`.
+    pub fn knows(&self, device: &str) -> bool {
+        self.classes
+            .iter()
+            .any(|c| glob_matches(&c.pattern, device))
+    }
+
     /// Merge every class that matches `device`; later (more specific) wins per key.
     pub fn resolve(&self, device: &str) -> DeviceProfile {
         let mut out = DeviceProfile::default();

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use detect::{DetectConfig, DEFAULT_MAX_FUTURE_SKEW_MS};
+pub use detect::{
+    DetectConfig, DEFAULT_ALERT_STORM_PER_MINUTE, DEFAULT_MAX_FUTURE_SKEW_MS, DEFAULT_MAX_STREAMS,
+    DEFAULT_STREAM_IDLE_MS,
+};
 pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};

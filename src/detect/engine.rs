@@ -5,7 +5,7 @@
 //! `vigil run` and `vigil backtest` both drive this engine; there is no
 //! second implementation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,20 @@ pub struct DetectCounters {
     /// version) and its windows started over.
     #[serde(default)]
     pub clock_resets: u64,
+    /// Readings of new streams not taken because detection had
+    /// `max_streams` in memory, or stream states had their share of the
+    /// budget: stored, not detected.
+    #[serde(default)]
+    pub streams_refused: u64,
+    /// Streams put aside for being idle, and those that spoke again.
+    #[serde(default)]
+    pub streams_evicted: u64,
+    #[serde(default)]
+    pub streams_resumed: u64,
+    /// Idle streams forgotten to keep stream states within their share of
+    /// the budget.
+    #[serde(default)]
+    pub streams_forgotten: u64,
     pub raised: BTreeMap<Severity, u64>,
     pub escalated: u64,
     pub cleared: u64,
@@ -143,6 +157,47 @@ pub struct Engine {
     key_buf: String,
     /// Event times further ahead of the processing time are not trusted.
     max_future_skew_ms: EpochMs,
+    limits: StreamLimits,
+    /// Streams put aside (time last seen, key), oldest first, and the same
+    /// by key. Their states are in the store.
+    idle: BTreeSet<(EpochMs, String)>,
+    idle_seen: HashMap<String, EpochMs>,
+    /// New streams are refused (stream states have their share of the budget).
+    admit_new: bool,
+    /// Since the last `take_lifecycle`: streams put aside (with their
+    /// states), idle ones that spoke again, idle ones forgotten.
+    evicted: Vec<(String, EpochMs, StreamState)>,
+    resumed: Vec<(String, EpochMs)>,
+    forgotten: Vec<(String, EpochMs)>,
+}
+
+/// How many streams detection keeps, and for how long an unseen one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams in memory at most; readings of further new streams are not
+    /// detected (counted).
+    pub max_streams: usize,
+    /// A stream unseen this long (processing time), with no open window and
+    /// no silence alert still to come, is put aside: its state goes to the
+    /// store and leaves memory until it speaks again.
+    pub idle_ms: EpochMs,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_streams: crate::config::DEFAULT_MAX_STREAMS,
+            idle_ms: crate::config::DEFAULT_STREAM_IDLE_MS,
+        }
+    }
+}
+
+/// What changed in the streams' lifecycle since the last call.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    pub evicted: Vec<(String, EpochMs, StreamState)>,
+    pub resumed: Vec<(String, EpochMs)>,
+    pub forgotten: Vec<(String, EpochMs)>,
 }
 
 /// Key of a stream in maps and in the store: `device NUL metric` (names are
@@ -188,6 +243,122 @@ impl Engine {
             dirty: Vec::new(),
             key_buf: String::new(),
             max_future_skew_ms: crate::config::DEFAULT_MAX_FUTURE_SKEW_MS,
+            limits: StreamLimits::default(),
+            idle: BTreeSet::new(),
+            idle_seen: HashMap::new(),
+            admit_new: true,
+            evicted: Vec::new(),
+            resumed: Vec::new(),
+            forgotten: Vec::new(),
+        }
+    }
+
+    pub fn set_stream_limits(&mut self, limits: StreamLimits) {
+        self.limits = limits;
+    }
+
+    /// Streams put aside, in the store (a restart learns them from there).
+    pub fn add_idle(&mut self, seen_ms: EpochMs, key: String) {
+        if !self.streams.contains_key(&key) && !self.idle_seen.contains_key(&key) {
+            self.idle_seen.insert(key.clone(), seen_ms);
+            self.idle.insert((seen_ms, key));
+        }
+    }
+
+    pub fn idle_streams(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Whether new streams are taken (false while stream states have their
+    /// share of the budget and no idle stream is left to forget).
+    pub fn set_admit_new(&mut self, admit: bool) {
+        self.admit_new = admit;
+    }
+
+    /// The reading's stream is put aside: its state must be handed back
+    /// ([`Engine::wake`]) before the reading is processed. A stream put
+    /// aside since the last commit comes back from memory at once.
+    pub fn needs_state(&mut self, device: &str, metric: &str) -> Option<String> {
+        stream_key(&mut self.key_buf, device, metric);
+        if self.streams.contains_key(self.key_buf.as_str()) {
+            return None;
+        }
+        let key = self.key_buf.clone();
+        if let Some(i) = self.evicted.iter().position(|(k, _, _)| *k == key) {
+            let (key, seen, state) = self.evicted.swap_remove(i);
+            self.counters.streams_evicted = self.counters.streams_evicted.saturating_sub(1);
+            self.unlist_idle(&key, seen);
+            self.restore(&key, state);
+            self.mark_dirty(&key);
+            return None;
+        }
+        self.idle_seen.contains_key(&key).then_some(key)
+    }
+
+    /// Bring back an idle stream's state read from the store (`None`: it
+    /// could not be read, and the stream starts over). It is in memory
+    /// again, written as active with the next commit. With `max_streams` in
+    /// memory it stays idle, and its readings are refused.
+    /// `now_ms`: the processing time it spoke at.
+    pub fn wake(&mut self, key: &str, state: Option<StreamState>, now_ms: EpochMs) {
+        let Some(seen) = self.idle_seen.get(key).copied() else {
+            return;
+        };
+        if self.streams.len() >= self.limits.max_streams {
+            return;
+        }
+        self.unlist_idle(key, seen);
+        self.resumed.push((key.to_string(), seen));
+        self.counters.streams_resumed += 1;
+        if let Some(mut state) = state {
+            state.seen_at_ms = Some(now_ms);
+            self.restore(key, state);
+            self.mark_dirty(key);
+        }
+    }
+
+    fn unlist_idle(&mut self, key: &str, seen: EpochMs) {
+        self.idle_seen.remove(key);
+        self.idle.remove(&(seen, key.to_string()));
+    }
+
+    fn mark_dirty(&mut self, key: &str) {
+        if let Some(s) = self.streams.get_mut(key) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(key.to_string());
+            }
+        }
+    }
+
+    /// Forget the `n` idle streams seen longest ago (their states leave the
+    /// store with the next commit). Returns how many were forgotten.
+    pub fn forget_oldest_idle(&mut self, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            let Some((seen, key)) = self.idle.pop_first() else {
+                break;
+            };
+            self.idle_seen.remove(&key);
+            self.forgotten.push((key, seen));
+            self.counters.streams_forgotten += 1;
+            done += 1;
+        }
+        done
+    }
+
+    /// Streams were put aside, woken or forgotten since the last
+    /// `take_lifecycle`.
+    pub fn lifecycle_pending(&self) -> bool {
+        !(self.evicted.is_empty() && self.resumed.is_empty() && self.forgotten.is_empty())
+    }
+
+    /// Streams put aside, woken and forgotten since the last call.
+    pub fn take_lifecycle(&mut self) -> Lifecycle {
+        Lifecycle {
+            evicted: std::mem::take(&mut self.evicted),
+            resumed: std::mem::take(&mut self.resumed),
+            forgotten: std::mem::take(&mut self.forgotten),
         }
     }
 
@@ -350,6 +521,15 @@ impl Engine {
         }
         stream_key(&mut self.key_buf, &r.device, &r.metric);
         if !self.streams.contains_key(self.key_buf.as_str()) {
+            // Still idle (not woken: memory is at `max_streams`), or new
+            // while there is no room: stored, not detected.
+            if self.idle_seen.contains_key(self.key_buf.as_str())
+                || self.streams.len() >= self.limits.max_streams
+                || !self.admit_new
+            {
+                self.counters.streams_refused += 1;
+                return;
+            }
             let settings = Arc::new(self.registry.stream_settings(&r.device, &r.metric));
             let state = StreamState {
                 windows: Windows::new(settings.window),
@@ -525,6 +705,36 @@ impl Engine {
                 stream.dirty = true;
                 dirty.push(key.clone());
             }
+        }
+        self.evict_idle(now_ms);
+    }
+
+    /// Put aside the streams unseen for `limits.idle_ms` that processing
+    /// time has nothing left to do for: no open window, and no silence
+    /// alert still to raise.
+    fn evict_idle(&mut self, now_ms: EpochMs) {
+        let idle_ms = self.limits.idle_ms;
+        let quiet: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| {
+                let st = &s.state;
+                let seen = st.seen_at_ms.unwrap_or(now_ms);
+                let silence_settled = s.settings.silent_after_ms.is_none()
+                    || st.conditions.get(SILENCE).is_some_and(|c| c.is_active());
+                now_ms.saturating_sub(seen) >= idle_ms && !st.windows.has_open() && silence_settled
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in quiet {
+            let Some(stream) = self.streams.remove(&key) else {
+                continue;
+            };
+            let seen = stream.state.seen_at_ms.unwrap_or(now_ms);
+            self.idle_seen.insert(key.clone(), seen);
+            self.idle.insert((seen, key.clone()));
+            self.evicted.push((key, seen, stream.state));
+            self.counters.streams_evicted += 1;
         }
     }
 }

@@ -212,3 +212,108 @@ fn a_wall_clock_step_told_to_the_engine_is_not_silence() {
         assert_eq!(silent, !told, "told the engine of the step: {told}");
     }
 }
+
+fn reading_of(device: &str, t: EpochMs, v: f64) -> Reading {
+    Reading {
+        device: device.into(),
+        ..reading(t, v)
+    }
+}
+
+#[test]
+fn new_streams_beyond_max_streams_are_refused_and_counted() {
+    let mut e = engine("match = \"*\"\n");
+    e.set_stream_limits(StreamLimits {
+        max_streams: 3,
+        idle_ms: 3_600_000,
+    });
+    let mut out = Output::default();
+    for i in 0..5 {
+        e.process(&reading_of(&format!("pump-{i}"), T0, 1.0), T0, &mut out);
+    }
+    // Known streams still take readings.
+    e.process(&reading_of("pump-0", T0 + 1_000, 1.0), T0 + 1_000, &mut out);
+    assert_eq!(e.streams(), 3);
+    assert_eq!(e.counters().streams_refused, 2);
+    assert_eq!(e.counters().readings, 6);
+    // With stream states at their share of the budget, none is taken either.
+    let mut e = engine("match = \"*\"\n");
+    e.set_admit_new(false);
+    e.process(&reading_of("pump-9", T0, 1.0), T0, &mut out);
+    assert_eq!((e.streams(), e.counters().streams_refused), (0, 1));
+}
+
+#[test]
+fn an_idle_stream_is_put_aside_and_resumes_with_what_it_learned() {
+    let mut e = engine(LIMITED);
+    e.set_stream_limits(StreamLimits {
+        max_streams: 10,
+        idle_ms: 60_000,
+    });
+    let mut out = Output::default();
+    feed(&mut e, &mut out, 0, 20, 95.0);
+    assert_eq!(e.open_alerts(), [1, 0]);
+    // 40 s later its windows are closed, but the silence alert (30 s) is
+    // raised only now; the stream is idle only after 60 s.
+    e.tick(T0 + 60_000, &mut out);
+    assert_eq!(e.streams(), 1, "put aside before it was idle");
+    e.tick(T0 + 80_000, &mut out);
+    assert_eq!((e.streams(), e.idle_streams()), (0, 1));
+    assert_eq!(e.counters().streams_evicted, 1);
+    let life = e.take_lifecycle();
+    let (key, seen, state) = life.evicted.into_iter().next().expect("evicted");
+    assert_eq!(seen, T0 + 19_000);
+    // It speaks again: its state is asked for, and it resumes with its
+    // open alert, which the next windows clear.
+    assert_eq!(e.needs_state("pump-1", "temperature"), Some(key.clone()));
+    e.wake(&key, Some(state), T0 + 100_000);
+    assert_eq!((e.streams(), e.idle_streams()), (1, 0));
+    assert_eq!(e.take_lifecycle().resumed, vec![(key, seen)]);
+    assert_eq!(e.open_alerts(), [2, 0], "the limit and silence alerts");
+    feed(&mut e, &mut out, 100, 140, 20.0);
+    assert_eq!(e.open_alerts(), [0, 0]);
+    let events: Vec<(AlertKind, &str)> = out
+        .alerts
+        .iter()
+        .map(|a| (a.kind, a.detector.as_str()))
+        .collect();
+    assert!(
+        events.contains(&(AlertKind::Cleared, "limit")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_stream_put_aside_since_the_last_commit_comes_back_from_memory() {
+    let mut e = engine(DEVICE);
+    e.set_stream_limits(StreamLimits {
+        max_streams: 10,
+        idle_ms: 60_000,
+    });
+    let mut out = Output::default();
+    feed(&mut e, &mut out, 0, 5, 20.0);
+    e.tick(T0 + 100_000, &mut out);
+    assert_eq!(e.idle_streams(), 1);
+    assert_eq!(e.needs_state("pump-1", "temperature"), None);
+    assert_eq!((e.streams(), e.idle_streams()), (1, 0));
+    assert!(
+        !e.lifecycle_pending(),
+        "an eviction never written was reported"
+    );
+}
+
+#[test]
+fn idle_streams_are_forgotten_oldest_first() {
+    let mut e = engine(DEVICE);
+    e.add_idle(300, "c\0t".into());
+    e.add_idle(100, "a\0t".into());
+    e.add_idle(200, "b\0t".into());
+    assert_eq!(e.forget_oldest_idle(2), 2);
+    assert_eq!(
+        e.take_lifecycle().forgotten,
+        vec![("a\0t".to_string(), 100), ("b\0t".to_string(), 200)]
+    );
+    assert_eq!(e.idle_streams(), 1);
+    assert_eq!(e.forget_oldest_idle(5), 1);
+    assert_eq!(e.forget_oldest_idle(5), 0);
+}

@@ -17,5 +17,5 @@ pub mod spectrum;
 pub mod stage;
 pub mod window;
 
-pub use engine::{DetectCounters, Engine, Output, StreamState};
+pub use engine::{DetectCounters, Engine, Output, StreamLimits, StreamState};
 pub use stage::{run as run_stage, DetectMetrics, Task as DetectTask};

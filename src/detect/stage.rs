@@ -29,7 +29,8 @@ use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
 
 use super::clock::StepWatch;
-use super::engine::{DetectCounters, Engine, Output, StreamState};
+use super::engine::{DetectCounters, Engine, Output, StreamLimits, StreamState};
+use crate::store::IdleStream;
 
 /// Readings per detection batch (one transaction): at least this many, and
 /// more with many streams, since each batch rewrites the state of every
@@ -74,6 +75,15 @@ pub struct DetectMetrics {
     pub skewed: AtomicU64,
     /// Streams whose event time ran ahead of the clock and started over.
     pub clock_resets: AtomicU64,
+    /// Streams put aside for being idle (gauge), and the stream lifecycle.
+    pub idle_streams: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub streams_evicted: AtomicU64,
+    pub streams_resumed: AtomicU64,
+    pub streams_forgotten: AtomicU64,
+    /// 1 while alerts are raised faster than `detect.alert_storm_per_minute`.
+    pub alert_storm: AtomicU64,
+    pub alert_storms: AtomicU64,
     pub windows: AtomicU64,
     pub streams: AtomicU64,
     /// Alerts open now, by severity (updated once a second).
@@ -95,6 +105,10 @@ pub struct Task {
     pub checkpoint_interval: Duration,
     /// Event times further ahead of the wall clock are not used.
     pub max_future_skew_ms: EpochMs,
+    /// How many streams are kept in memory, and for how long an unseen one.
+    pub stream_limits: StreamLimits,
+    /// Alerts raised within a minute from which a storm is reported.
+    pub alert_storm_per_minute: u64,
 }
 
 /// Rebuild the engine from the store's checkpoints.
@@ -117,6 +131,9 @@ pub fn restore(store: &Store, registry: DeviceRegistry) -> Result<(Engine, u64),
             }
         }
     }
+    for (seen, key) in store.idle_streams()? {
+        engine.add_idle(seen, key);
+    }
     engine.resume(wall_ms());
     Ok((engine, cursor))
 }
@@ -137,12 +154,71 @@ fn commit_of(engine: &mut Engine, cursor: u64, out: Output) -> DetectionCommit {
     if ciborium::ser::into_writer(engine.counters(), &mut counters).is_ok() {
         checkpoints.push((COUNTERS_KEY.to_string(), counters));
     }
+    let lifecycle = engine.take_lifecycle();
+    let mut evicted = Vec::with_capacity(lifecycle.evicted.len());
+    for (key, seen_ms, state) in lifecycle.evicted {
+        let mut bytes = Vec::new();
+        match ciborium::ser::into_writer(&state, &mut bytes) {
+            Ok(()) => evicted.push(IdleStream {
+                key,
+                seen_ms,
+                state: bytes,
+            }),
+            Err(e) => error!(key, error = %e, "cannot encode an idle stream's state"),
+        }
+    }
     DetectionCommit {
         cursor,
         checkpoints,
         alerts: out.alerts,
         aggregates: out.aggregates,
+        evicted,
+        resumed: lifecycle.resumed,
+        forgotten: lifecycle.forgotten,
     }
+}
+
+/// Stream states may take at most this share of the disk budget: beyond it
+/// the idle streams seen longest ago are forgotten, and new streams are
+/// refused while none is left to forget.
+const STATE_BUDGET_SHARE: u64 = 4;
+/// Idle streams forgotten per step while stream states are over their share.
+const FORGET_PER_STEP: usize = 256;
+
+/// Keep stream states within their share of the budget.
+fn keep_states_in_budget(store: &Store, engine: &mut Engine) {
+    if store.checkpoint_bytes() > store.budget_bytes() / STATE_BUDGET_SHARE {
+        if engine.forget_oldest_idle(FORGET_PER_STEP) == 0 {
+            engine.set_admit_new(false);
+        }
+    } else {
+        engine.set_admit_new(true);
+    }
+}
+
+/// Idle streams among `batch` get their states back from the store before
+/// the batch is processed.
+fn wake_idle(
+    store: &Store,
+    engine: &mut Engine,
+    batch: &[(u64, crate::model::Reading)],
+    now_ms: EpochMs,
+) -> Result<(), StoreError> {
+    for (_, r) in batch {
+        if let Some(key) = engine.needs_state(&r.device, &r.metric) {
+            let state = store.idle_stream_state(&key)?.and_then(|bytes| {
+                match ciborium::de::from_reader::<StreamState, _>(bytes.as_slice()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!(key, error = %e, "idle stream's state unreadable; the stream starts learning again");
+                        None
+                    }
+                }
+            });
+            engine.wake(&key, state, now_ms);
+        }
+    }
+    Ok(())
 }
 
 fn log_alerts(alerts: &[AlertEvent]) {
@@ -171,6 +247,8 @@ pub async fn run(task: Task) {
         health,
         checkpoint_interval,
         max_future_skew_ms,
+        stream_limits,
+        alert_storm_per_minute,
     } = task;
     let mut registry = registry_rx.borrow_and_update().clone();
     let mut registry_open = true;
@@ -181,6 +259,7 @@ pub async fn run(task: Task) {
         match tokio::task::spawn_blocking(move || restore(&s, r)).await {
             Ok(Ok((mut e, c))) => {
                 e.set_max_future_skew(max_future_skew_ms);
+                e.set_stream_limits(stream_limits);
                 break (e, c);
             }
             Ok(Err(e)) => error!(error = %e, "cannot read detection checkpoints; retrying"),
@@ -198,8 +277,11 @@ pub async fn run(task: Task) {
     );
     let mut pending = Pending::at(cursor, checkpoint_interval);
     let mut last_tick = Instant::now();
-    // At most one warning a minute about event times ahead of the clock.
+    // At most one warning a minute about event times ahead of the clock,
+    // and about streams refused.
     let mut time_warned: Option<Instant> = None;
+    let mut refused_warned: Option<Instant> = None;
+    let mut storm = StormWatch::new(alert_storm_per_minute);
     loop {
         let stopping = *shutdown.borrow();
         let tick_due = last_tick.elapsed() >= TICK;
@@ -251,6 +333,8 @@ pub async fn run(task: Task) {
                         .aggregates
                         .fetch_add(c.aggregates, Ordering::Relaxed);
                     metrics.alerts_raised.fetch_add(c.raised, Ordering::Relaxed);
+                    let change = storm.raised(c.raised, Instant::now());
+                    report_storm(change, &metrics, alert_storm_per_minute);
                     metrics
                         .alerts_cleared
                         .fetch_add(c.cleared, Ordering::Relaxed);
@@ -274,6 +358,7 @@ pub async fn run(task: Task) {
                     tokio::task::spawn_blocking(move || restore(&s, r)).await
                 {
                     e2.set_max_future_skew(max_future_skew_ms);
+                    e2.set_stream_limits(stream_limits);
                     engine = e2;
                     pending = Pending::at(c2, checkpoint_interval);
                 }
@@ -308,8 +393,41 @@ pub async fn run(task: Task) {
         metrics
             .streams
             .store(engine.streams() as u64, Ordering::Relaxed);
+        metrics
+            .idle_streams
+            .store(engine.idle_streams() as u64, Ordering::Relaxed);
+        metrics
+            .streams_evicted
+            .store(c.streams_evicted, Ordering::Relaxed);
+        metrics
+            .streams_resumed
+            .store(c.streams_resumed, Ordering::Relaxed);
+        let forgotten = metrics
+            .streams_forgotten
+            .swap(c.streams_forgotten, Ordering::Relaxed);
+        let refused = metrics
+            .streams_refused
+            .swap(c.streams_refused, Ordering::Relaxed);
+        if (c.streams_refused > refused || c.streams_forgotten > forgotten)
+            && refused_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            refused_warned = Some(Instant::now());
+            warn!(
+                streams = engine.streams(),
+                max_streams = stream_limits.max_streams,
+                idle = engine.idle_streams(),
+                refused_readings = c.streams_refused,
+                forgotten = c.streams_forgotten,
+                "more streams than detection keeps: readings of new streams are stored but not detected while detect.max_streams are in memory or stream states fill a quarter of the disk budget (idle streams seen longest ago are forgotten first); check for devices publishing under changing names, or set detect.devices_known_only"
+            );
+        }
         metrics.cursor.store(pending.cursor, Ordering::Relaxed);
         if tick_due {
+            report_storm(
+                storm.raised(0, Instant::now()),
+                &metrics,
+                alert_storm_per_minute,
+            );
             for (gauge, n) in metrics.open_alerts.iter().zip(engine.open_alerts()) {
                 gauge.store(n, Ordering::Relaxed);
             }
@@ -338,6 +456,88 @@ pub async fn run(task: Task) {
     debug!(cursor = pending.committed, "detection stopped");
 }
 
+fn report_storm(change: Option<StormChange>, metrics: &DetectMetrics, per_minute: u64) {
+    match change {
+        Some(StormChange::Began(n)) => {
+            metrics.alert_storms.fetch_add(1, Ordering::Relaxed);
+            metrics.alert_storm.store(1, Ordering::Relaxed);
+            warn!(
+                raised_in_a_minute = n,
+                limit = per_minute,
+                "alert storm: alerts are raised faster than detect.alert_storm_per_minute; every one is kept and forwarded"
+            );
+        }
+        Some(StormChange::Ended { raised, minutes }) => {
+            metrics.alert_storm.store(0, Ordering::Relaxed);
+            info!(raised, minutes, "alert storm over");
+        }
+        None => {}
+    }
+}
+
+/// Tells when alerts are raised faster than a rate (a storm) and when that
+/// stops, in whole minutes of the monotonic clock.
+struct StormWatch {
+    per_minute: u64,
+    minute_start: Option<Instant>,
+    in_minute: u64,
+    /// While a storm lasts: alerts raised and minutes since it began.
+    storm: Option<(u64, u64)>,
+}
+
+#[derive(Debug, PartialEq)]
+enum StormChange {
+    /// Alerts raised in the minute it began.
+    Began(u64),
+    Ended {
+        raised: u64,
+        minutes: u64,
+    },
+}
+
+impl StormWatch {
+    fn new(per_minute: u64) -> Self {
+        StormWatch {
+            per_minute,
+            minute_start: None,
+            in_minute: 0,
+            storm: None,
+        }
+    }
+
+    /// `n` alerts were raised at `now`.
+    fn raised(&mut self, n: u64, now: Instant) -> Option<StormChange> {
+        let mut change = None;
+        let start = *self.minute_start.get_or_insert(now);
+        if now.duration_since(start) >= Duration::from_secs(60) {
+            // A minute under the rate ends a storm.
+            if let Some((raised, minutes)) = self.storm {
+                if self.in_minute < self.per_minute {
+                    self.storm = None;
+                    change = Some(StormChange::Ended {
+                        raised,
+                        minutes: minutes + 1,
+                    });
+                } else {
+                    self.storm = Some((raised, minutes + 1));
+                }
+            }
+            self.minute_start = Some(now);
+            self.in_minute = 0;
+        }
+        self.in_minute += n;
+        match &mut self.storm {
+            Some((raised, _)) => *raised += n,
+            None if self.in_minute >= self.per_minute && n > 0 => {
+                self.storm = Some((self.in_minute, 0));
+                change = Some(StormChange::Began(self.in_minute));
+            }
+            None => {}
+        }
+        change
+    }
+}
+
 /// Detection's progress since its last commit, held in memory.
 struct Pending {
     /// Sequence number of the next reading to process.
@@ -347,6 +547,8 @@ struct Pending {
     out: Output,
     /// A reload happened since the last commit.
     reloaded: bool,
+    /// Streams were put aside, woken or forgotten since the last commit.
+    lifecycle: bool,
     last_commit: Instant,
     /// When a step last processed readings.
     last_read: Instant,
@@ -366,6 +568,7 @@ impl Pending {
             committed: cursor,
             out: Output::default(),
             reloaded: false,
+            lifecycle: false,
             last_commit: Instant::now(),
             last_read: Instant::now(),
             idle: IDLE,
@@ -378,7 +581,7 @@ impl Pending {
     /// Something is held that a commit would write. (Stream states changed
     /// without readings, by a tick, are written with the next commit.)
     fn holds(&self) -> bool {
-        self.cursor != self.committed || !self.out.is_empty() || self.reloaded
+        self.cursor != self.committed || !self.out.is_empty() || self.reloaded || self.lifecycle
     }
 
     /// How long until the held progress must be written; `None` if nothing is held.
@@ -480,6 +683,7 @@ fn step(
                     );
                 }
             }
+            wake_idle(store, engine, &batch, now)?;
             for (seq, r) in &batch {
                 engine.process(r, now, &mut pending.out);
                 pending.cursor = seq + 1;
@@ -494,11 +698,13 @@ fn step(
             false
         }
     };
+    pending.lifecycle = engine.lifecycle_pending();
     let committed = if pending.holds() && (force || pending.must_commit(store)) {
         Some(commit(store, engine, pending)?)
     } else {
         None
     };
+    keep_states_in_budget(store, engine);
     // Logged and counted by the store.
     let trimmed = store.make_room(pending.committed)?.readings_trimmed;
     Ok(StepResult {
@@ -543,6 +749,7 @@ fn commit(
     log_alerts(&transaction.alerts);
     pending.committed = pending.cursor;
     pending.reloaded = false;
+    pending.lifecycle = false;
     pending.last_commit = Instant::now();
     Ok(c)
 }
@@ -683,5 +890,56 @@ warning_above = 80.0
         let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
         assert!(r.committed.is_some());
         assert_eq!(f.store.detection_cursor().unwrap(), 5);
+    }
+
+    #[test]
+    fn an_idle_stream_is_written_aside_and_comes_back_from_the_store() {
+        let mut f = fixture(&[20.0; 45], Duration::ZERO);
+        let limits = StreamLimits {
+            max_streams: 10,
+            idle_ms: 60_000,
+        };
+        f.engine.set_stream_limits(limits);
+        step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        // Two hours on, the stream is idle; the commit puts it aside.
+        f.engine.tick(wall_ms() + 7_200_000, &mut f.pending.out);
+        assert_eq!(f.engine.idle_streams(), 1);
+        step(&f.store, &mut f.engine, &mut f.pending, Work::CommitOnly).unwrap();
+        assert!(f
+            .store
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| !k.contains("pump-1")));
+        assert_eq!(f.store.idle_streams().unwrap().len(), 1);
+
+        // After a restart it is known, not in memory; a new reading wakes it.
+        let (mut engine, cursor) = restore(&f.store, f.registry.clone()).unwrap();
+        engine.set_stream_limits(limits);
+        assert_eq!((engine.streams(), engine.idle_streams()), (0, 1));
+        f.store
+            .commit(&Batch {
+                readings: vec![Reading {
+                    device: "pump-1".into(),
+                    metric: "temperature".into(),
+                    time_ms: 1_700_000_100_000,
+                    value: Value::Scalar(20.0),
+                }],
+                dead_letters: vec![],
+                messages: 1,
+            })
+            .unwrap();
+        let mut pending = Pending::at(cursor, Duration::ZERO);
+        step(&f.store, &mut engine, &mut pending, batch()).unwrap();
+        assert_eq!((engine.streams(), engine.idle_streams()), (1, 0));
+        assert_eq!(engine.counters().streams_resumed, 1);
+        assert_eq!(engine.counters().late, 0, "its windows were not kept");
+        assert!(f.store.idle_streams().unwrap().is_empty());
+        assert!(f
+            .store
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.contains("pump-1")));
     }
 }

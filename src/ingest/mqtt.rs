@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use super::ratelimit::RateLimit;
 use super::route::{clock_is_set, route, Limits, Outcome, CLOCK_FLOOR_MS};
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
-use crate::config::{BrokerConfig, Subscription};
+use crate::config::{BrokerConfig, DeviceRegistry, Subscription};
 use crate::link::Link;
 use crate::model::{wall_ms, EpochMs, Reason};
 use crate::ops::{Health, Stage};
@@ -55,6 +55,9 @@ pub struct Task {
     pub subscriptions: Arc<[Subscription]>,
     /// Event times further ahead of the gateway's clock are dead-lettered.
     pub max_future_skew_ms: EpochMs,
+    /// With `detect.devices_known_only`: the device files (SIGHUP sends new
+    /// ones); readings of devices none of them names are dead-lettered.
+    pub known_devices: Option<watch::Receiver<DeviceRegistry>>,
     pub inbound_tx: mpsc::Sender<Inbound>,
     pub memory: MemoryBudget,
     pub shutdown: watch::Receiver<bool>,
@@ -72,6 +75,7 @@ pub async fn run(task: Task) {
         broker,
         subscriptions,
         max_future_skew_ms,
+        known_devices,
         inbound_tx,
         memory: budget,
         mut shutdown,
@@ -136,11 +140,16 @@ pub async fn run(task: Task) {
                         crate::model::rfc3339(CLOCK_FLOOR_MS)
                     );
                 }
-                let limits = Limits {
-                    max_payload_bytes: broker.max_payload_bytes,
-                    max_future_skew_ms,
+                let outcome = {
+                    // Held only while routing, which does not wait.
+                    let registry = known_devices.as_ref().map(|rx| rx.borrow());
+                    let limits = Limits {
+                        max_payload_bytes: broker.max_payload_bytes,
+                        max_future_skew_ms,
+                        known_devices: registry.as_deref(),
+                    };
+                    route(&subscriptions, limits, &p.topic, &p.payload, now)
                 };
-                let outcome = route(&subscriptions, limits, &p.topic, &p.payload, now);
                 if let Outcome::Rejected(dl) = &outcome {
                     metrics.rejected.fetch_add(1, Ordering::Relaxed);
                     warn_rejected(&mut warnings, dl.reason, &dl.topic, &dl.detail);

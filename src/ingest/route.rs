@@ -11,7 +11,7 @@
 //! been set yet (no RTC, no NTP so far): then nothing can be judged ahead of
 //! it, and the check waits until the clock is set.
 
-use crate::config::Subscription;
+use crate::config::{DeviceRegistry, Subscription};
 use crate::model::{DeadLetter, EpochMs, Reading, Reason};
 
 use super::decode::{decode, Rejection};
@@ -30,11 +30,14 @@ pub fn clock_is_set(now_ms: EpochMs) -> bool {
 
 /// What a publish must satisfy besides its format.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct Limits<'a> {
     /// Larger payloads are dead-lettered without being decoded.
     pub max_payload_bytes: usize,
     /// Event times further ahead of the receive time are dead-lettered.
     pub max_future_skew_ms: EpochMs,
+    /// With `detect.devices_known_only`: the device files; readings of a
+    /// device none of them names are dead-lettered.
+    pub known_devices: Option<&'a DeviceRegistry>,
 }
 
 /// What one MQTT message turned into.
@@ -47,7 +50,7 @@ pub enum Outcome {
 /// Decode a publish received on `topic` at `received_ms`.
 pub fn route(
     subscriptions: &[Subscription],
-    limits: Limits,
+    limits: Limits<'_>,
     topic: &str,
     payload: &[u8],
     received_ms: EpochMs,
@@ -67,7 +70,7 @@ pub fn route(
 
 fn try_route(
     subscriptions: &[Subscription],
-    limits: Limits,
+    limits: Limits<'_>,
     topic: &str,
     payload: &[u8],
     received_ms: EpochMs,
@@ -105,6 +108,17 @@ fn try_route(
             )
         })?;
     let readings = decode(sub.format, ids, payload, received_ms)?;
+    if let Some(registry) = limits.known_devices {
+        if let Some(r) = readings.iter().find(|r| !registry.knows(&r.device)) {
+            return Err(Rejection::new(
+                Reason::UnknownDevice,
+                format!(
+                    "device {:?} is named by no device file, and detect.devices_known_only is set",
+                    r.device
+                ),
+            ));
+        }
+    }
     if clock_is_set(received_ms) {
         let ahead = readings
             .iter()
@@ -163,6 +177,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_payload_bytes: 100,
         max_future_skew_ms: 300_000,
+        known_devices: None,
     };
     /// A receive time on a gateway whose clock is set.
     const NOW: EpochMs = 1_795_255_200_000;
@@ -290,5 +305,24 @@ mod tests {
         let payload = format!(r#"{{"value": 1, "ts": {NOW}}}"#);
         assert!(matches!(at(&payload, 60_000), Outcome::Readings(_)));
         assert!(!clock_is_set(60_000) && clock_is_set(NOW));
+    }
+
+    #[test]
+    fn with_devices_known_only_a_device_no_file_names_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pumps.toml");
+        std::fs::write(&file, "match = \"pump-*\"\n").unwrap();
+        let registry = DeviceRegistry::load_file(&file).unwrap();
+        let limits = Limits {
+            known_devices: Some(&registry),
+            ..LIMITS
+        };
+        let known = route(&subs(), limits, "plant/l1/pump-1/temp", b"1", NOW);
+        assert!(matches!(known, Outcome::Readings(_)), "{known:?}");
+        let Outcome::Rejected(dl) = route(&subs(), limits, "plant/l1/fan-1/temp", b"1", NOW) else {
+            panic!("a device without a file was taken")
+        };
+        assert_eq!(dl.reason, Reason::UnknownDevice);
+        assert!(dl.detail.contains("\"fan-1\""), "{}", dl.detail);
     }
 }

@@ -279,6 +279,7 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
             ("outbox_alerts", stats.outbox_bytes[0] as f64),
             ("outbox_aggregates", stats.outbox_bytes[1] as f64),
             ("dead_letters", stats.dead_letter_bytes as f64),
+            ("checkpoints", stats.checkpoint_bytes as f64),
         ],
     );
     t.one(
@@ -401,8 +402,50 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
     t.one(
         "vigil_streams",
         Gauge,
-        "(device, metric) streams detection keeps state for.",
+        "(device, metric) streams detection keeps in memory.",
         load(&d.streams),
+    );
+    t.one(
+        "vigil_streams_idle",
+        Gauge,
+        "Streams put aside for being idle: their state is in the store until they speak again.",
+        load(&d.idle_streams),
+    );
+    t.one(
+        "vigil_streams_refused_total",
+        Counter,
+        "Readings of new streams stored but not detected: detect.max_streams in memory, or stream states at their share of the disk budget.",
+        load(&d.streams_refused),
+    );
+    t.one(
+        "vigil_streams_evicted_total",
+        Counter,
+        "Streams put aside for being idle.",
+        load(&d.streams_evicted),
+    );
+    t.one(
+        "vigil_streams_resumed_total",
+        Counter,
+        "Idle streams that spoke again and were taken back into memory.",
+        load(&d.streams_resumed),
+    );
+    t.one(
+        "vigil_streams_forgotten_total",
+        Counter,
+        "Idle streams forgotten, seen longest ago first, to keep stream states within a quarter of the disk budget.",
+        load(&d.streams_forgotten),
+    );
+    t.one(
+        "vigil_alert_storm",
+        Gauge,
+        "1 while alerts are raised faster than detect.alert_storm_per_minute.",
+        load(&d.alert_storm),
+    );
+    t.one(
+        "vigil_alert_storms_total",
+        Counter,
+        "Alert storms since start.",
+        load(&d.alert_storms),
     );
     t.one(
         "vigil_windows_total",

@@ -3,7 +3,11 @@
 //! transaction so that each reading affects detection exactly once.
 //!
 //! - `checkpoints`: UTF-8 key → opaque bytes (detection owns the format);
-//!   the cursor is the entry under `CURSOR_KEY`.
+//!   the cursor is the entry under `CURSOR_KEY`. A stream detection has put
+//!   aside for being idle is kept under `IDLE` + its key (its state, read
+//!   back only when it speaks again), and listed under `INDEX` + the time
+//!   it was last seen + its key, so the oldest come first. Every entry
+//!   counts against the disk budget.
 //! - `outbox_alerts`, `outbox_aggregates`: see `outbox.rs`.
 //!
 //! The commit does not fsync: the transaction is atomic, so after a crash
@@ -21,6 +25,46 @@ use super::outbox::{encode_entry, Lane, OutboxEntry};
 use super::{finish, from_cbor, key, to_cbor, Store, StoreError, META_KEY};
 
 const CURSOR_KEY: &[u8] = b"\0cursor";
+/// Prefix of idle streams' states. Stream keys are topic-safe names, which
+/// never start with a control character.
+const IDLE: u8 = 0x02;
+/// Prefix of the idle streams' index (by time last seen).
+const INDEX: &[u8] = b"\x01i";
+
+fn idle_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(IDLE);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn index_key(seen_ms: i64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(INDEX.len() + 8 + key.len());
+    k.extend_from_slice(INDEX);
+    // Offset binary, so that the byte order is the numeric order.
+    k.extend_from_slice(&((seen_ms as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// A stream's state put aside for being idle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleStream {
+    pub key: String,
+    /// Processing time it was last seen.
+    pub seen_ms: i64,
+    pub state: Vec<u8>,
+}
+
+/// Bytes of every entry of a checkpoints tree (keys and values).
+pub(super) fn count_bytes(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for entry in tree.iter() {
+        let (k, v) = entry?;
+        n += (k.len() + v.len()) as u64;
+    }
+    Ok(n)
+}
 
 /// What one detection batch writes.
 #[derive(Debug, Default)]
@@ -31,6 +75,14 @@ pub struct DetectionCommit {
     pub checkpoints: Vec<(String, Vec<u8>)>,
     pub alerts: Vec<AlertEvent>,
     pub aggregates: Vec<Aggregate>,
+    /// Streams put aside: their active entry goes, the idle one comes.
+    pub evicted: Vec<IdleStream>,
+    /// Idle streams that spoke again (key, time last seen): their idle
+    /// entries go; their state comes back among `checkpoints`.
+    pub resumed: Vec<(String, i64)>,
+    /// Idle streams forgotten to keep stream states within their share of
+    /// the budget (key, time last seen).
+    pub forgotten: Vec<(String, i64)>,
 }
 
 impl Store {
@@ -42,17 +94,47 @@ impl Store {
         }
     }
 
-    /// Every checkpoint entry except the cursor.
+    /// Every checkpoint entry except the cursor and the idle streams.
     pub fn checkpoints(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.inner.checkpoints.iter() {
             let (k, v) = entry?;
-            if &k[..] == CURSOR_KEY {
+            if &k[..] == CURSOR_KEY || k.first() == Some(&IDLE) || k.starts_with(INDEX) {
                 continue;
             }
             out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// The idle streams (time last seen, key), oldest first.
+    pub fn idle_streams(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.checkpoints.scan_prefix(INDEX) {
+            let (k, _) = entry?;
+            let rest = &k[INDEX.len()..];
+            if rest.len() < 8 {
+                continue;
+            }
+            let seen =
+                (u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+            out.push((seen, String::from_utf8_lossy(&rest[8..]).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The state of an idle stream, if there is one.
+    pub fn idle_stream_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .inner
+            .checkpoints
+            .get(idle_key(key))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Bytes detection's checkpoints take (cursor, counters, stream states).
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.meta().checkpoint_bytes
     }
 
     /// Write a detection batch: cursor, checkpoints and outputs together.
@@ -79,6 +161,43 @@ impl Store {
             lanes[l].push((key(next.next_outbox[l]), value));
             next.next_outbox[l] += 1;
         }
+        // What changes in the checkpoints tree, and by how many bytes. Only
+        // detection writes it, so the sizes read here are those replaced.
+        let mut cp_put: Vec<(Vec<u8>, &[u8])> = Vec::with_capacity(c.checkpoints.len() + 1);
+        let mut cp_remove: Vec<Vec<u8>> = Vec::new();
+        cp_put.push((CURSOR_KEY.to_vec(), cursor.as_slice()));
+        for (k, v) in &c.checkpoints {
+            cp_put.push((k.as_bytes().to_vec(), v.as_slice()));
+        }
+        let empty: &[u8] = &[];
+        for e in &c.evicted {
+            cp_remove.push(e.key.as_bytes().to_vec());
+            cp_put.push((idle_key(&e.key), e.state.as_slice()));
+            cp_put.push((index_key(e.seen_ms, &e.key), empty));
+        }
+        for (key, seen) in c.resumed.iter().chain(&c.forgotten) {
+            cp_remove.push(idle_key(key));
+            cp_remove.push(index_key(*seen, key));
+        }
+        let old_len = |k: &[u8]| -> Result<u64, StoreError> {
+            Ok(self
+                .inner
+                .checkpoints
+                .get(k)?
+                .map_or(0, |v| (k.len() + v.len()) as u64))
+        };
+        let mut cp_bytes = next.checkpoint_bytes as i64;
+        for k in &cp_remove {
+            cp_bytes -= old_len(k)? as i64;
+        }
+        for (k, v) in &cp_put {
+            // A key both removed and put (evicted, then resumed) counts once.
+            if !cp_remove.contains(k) {
+                cp_bytes -= old_len(k)? as i64;
+            }
+            cp_bytes += (k.len() + v.len()) as i64;
+        }
+        next.checkpoint_bytes = cp_bytes.max(0) as u64;
         let meta_bytes = to_cbor("metadata", &next)?;
         let inner = &self.inner;
         let result: Result<(), TransactionError<()>> = (
@@ -88,9 +207,11 @@ impl Store {
             &inner.meta_tree,
         )
             .transaction(|(cp, alerts, aggregates, meta_tree)| {
-                cp.insert(CURSOR_KEY, cursor.as_slice())?;
-                for (k, v) in &c.checkpoints {
-                    cp.insert(k.as_bytes(), v.as_slice())?;
+                for k in &cp_remove {
+                    cp.remove(k.as_slice())?;
+                }
+                for (k, v) in &cp_put {
+                    cp.insert(k.as_slice(), *v)?;
                 }
                 for (k, v) in &lanes[0] {
                     alerts.insert(&k[..], v.as_slice())?;
@@ -143,20 +264,23 @@ mod tests {
                 cursor: 42,
                 checkpoints: vec![("pump\0temp".into(), vec![1, 2, 3])],
                 alerts: vec![alert(1), alert(2)],
-                aggregates: vec![],
+                ..DetectionCommit::default()
             })
             .unwrap();
             s.commit_detection(&DetectionCommit {
                 cursor: 50,
                 checkpoints: vec![("pump\0temp".into(), vec![4])],
                 alerts: vec![alert(3)],
-                aggregates: vec![],
+                ..DetectionCommit::default()
             })
             .unwrap();
             let stats = s.stats().unwrap();
             assert_eq!(stats.outbox, [3, 0]);
             assert!(stats.outbox_bytes[0] > 0);
-            assert_eq!(s.used_bytes(), stats.outbox_bytes[0]);
+            assert_eq!(
+                s.used_bytes(),
+                stats.outbox_bytes[0] + stats.checkpoint_bytes
+            );
             s.flush().unwrap();
         }
         let s = Store::open_at(dir.path(), 1 << 30, 10, 1 << 20).unwrap();
@@ -176,5 +300,69 @@ mod tests {
         assert_eq!(ids, vec![(0, 0, 1), (1, 1, 2), (2, 2, 3)]);
         assert_eq!(s.last_outbox(Lane::Alerts, 1).unwrap()[0].seq, 2);
         assert_eq!(s.stats().unwrap().outbox, [3, 0]);
+    }
+
+    #[test]
+    fn idle_streams_are_put_aside_listed_oldest_first_and_counted_against_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_at(dir.path(), 1 << 30, 10, 1 << 20).unwrap();
+        s.commit_detection(&DetectionCommit {
+            cursor: 1,
+            checkpoints: vec![
+                ("a\0t".into(), vec![1; 100]),
+                ("b\0t".into(), vec![2; 100]),
+                ("c\0t".into(), vec![3; 100]),
+            ],
+            ..DetectionCommit::default()
+        })
+        .unwrap();
+        let full = s.checkpoint_bytes();
+        assert!(full > 300, "{full}");
+        assert_eq!(s.used_bytes(), full, "checkpoints not counted");
+        s.commit_detection(&DetectionCommit {
+            cursor: 2,
+            evicted: vec![
+                IdleStream {
+                    key: "b\0t".into(),
+                    seen_ms: 2_000,
+                    state: vec![2; 100],
+                },
+                IdleStream {
+                    key: "a\0t".into(),
+                    seen_ms: -5,
+                    state: vec![1; 100],
+                },
+            ],
+            ..DetectionCommit::default()
+        })
+        .unwrap();
+        let active: Vec<String> = s
+            .checkpoints()
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(active, ["c\0t"]);
+        assert_eq!(
+            s.idle_streams().unwrap(),
+            vec![(-5, "a\0t".to_string()), (2_000, "b\0t".to_string())]
+        );
+        assert_eq!(s.idle_stream_state("b\0t").unwrap(), Some(vec![2; 100]));
+        // One resumes (its state comes back as an active checkpoint), one is forgotten.
+        s.commit_detection(&DetectionCommit {
+            cursor: 3,
+            checkpoints: vec![("b\0t".into(), vec![2; 100])],
+            resumed: vec![("b\0t".into(), 2_000)],
+            forgotten: vec![("a\0t".into(), -5)],
+            ..DetectionCommit::default()
+        })
+        .unwrap();
+        assert!(s.idle_streams().unwrap().is_empty());
+        assert_eq!(s.idle_stream_state("a\0t").unwrap(), None);
+        assert_eq!(s.checkpoints().unwrap().len(), 2);
+        // The accounting matches the tree, also after a reopen that recounts.
+        let counted = s.checkpoint_bytes();
+        assert_eq!(counted, count_bytes(&s.inner.checkpoints).unwrap());
+        assert!(counted < full);
     }
 }

@@ -26,7 +26,7 @@ mod evict;
 mod merge;
 mod outbox;
 
-pub use detection::DetectionCommit;
+pub use detection::{DetectionCommit, IdleStream};
 pub use evict::Eviction;
 pub use outbox::{Lane, OutboxEntry, OutboxItem};
 
@@ -121,11 +121,22 @@ struct Meta {
     outbox_bytes: [u64; 2],
     #[serde(default)]
     outbox_count: [u64; 2],
+    /// Detection's cursor, counters and stream states (active and idle).
+    #[serde(default)]
+    checkpoint_bytes: u64,
+    /// Stores of earlier versions did not count the checkpoints; they are
+    /// counted once at open.
+    #[serde(default)]
+    checkpoints_counted: bool,
 }
 
 impl Meta {
     fn used_bytes(&self) -> u64 {
-        self.readings_bytes + self.dead_bytes + self.outbox_bytes[0] + self.outbox_bytes[1]
+        self.readings_bytes
+            + self.dead_bytes
+            + self.outbox_bytes[0]
+            + self.outbox_bytes[1]
+            + self.checkpoint_bytes
     }
 }
 
@@ -159,6 +170,8 @@ pub struct Stats {
     /// Outbox entries and bytes, alerts then aggregates.
     pub outbox: [u64; 2],
     pub outbox_bytes: [u64; 2],
+    /// Detection's checkpoints: cursor, counters, stream states.
+    pub checkpoint_bytes: u64,
     /// Next reading detection will process.
     pub detection_cursor: u64,
     pub budget_bytes: u64,
@@ -375,6 +388,13 @@ impl Store {
             },
             None => rebuild_meta(&readings, &dead, &outbox)?,
         };
+        let mut meta: Meta = meta;
+        if !meta.checkpoints_counted {
+            // Not written back until the next commit: counting again after
+            // a restart before then gives the same sum.
+            meta.checkpoint_bytes = detection::count_bytes(&checkpoints)?;
+            meta.checkpoints_counted = true;
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -396,7 +416,8 @@ impl Store {
         self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Bytes used by the readings log, the outbox and the dead letters.
+    /// Bytes used by the readings log, the outbox, the dead letters and
+    /// detection's checkpoints.
     pub fn used_bytes(&self) -> u64 {
         self.meta().used_bytes()
     }
@@ -645,6 +666,7 @@ impl Store {
             dead_letter_bytes: meta.dead_bytes,
             outbox: meta.outbox_count,
             outbox_bytes: meta.outbox_bytes,
+            checkpoint_bytes: meta.checkpoint_bytes,
             detection_cursor,
             budget_bytes: self.inner.limits.budget_bytes,
             size_on_disk: self.inner.db.size_on_disk()?,
