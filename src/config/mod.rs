@@ -50,7 +50,7 @@ pub struct Config {
 /// Default address of the health and metrics endpoint: loopback only.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9620";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     pub host: String,
     pub port: u16,
@@ -64,7 +64,7 @@ pub struct BrokerConfig {
     pub reconnect_max: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
@@ -97,7 +97,7 @@ pub enum PayloadFormat {
     Text,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
     pub filter: String,
     pub template: TopicTemplate,
@@ -106,7 +106,7 @@ pub struct Subscription {
     pub format: PayloadFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
     /// Bytes the readings log and dead letters may use before ingest pauses.

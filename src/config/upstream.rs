@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{validate_connection, BrokerConfig, ConfigError, RawBroker, RawTls, Source};
 
 /// The validated `[upstream]` table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Host, port, client id, credentials, TLS, keepalive and reconnect backoff.
     pub connection: BrokerConfig,
