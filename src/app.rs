@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DeviceRegistry};
+use crate::config::{BrokerConfig, Config, Credentials, DeviceRegistry, UpstreamConfig};
 use crate::detect::{self, DetectMetrics};
 use crate::forward::{self, ForwardMetrics};
 use crate::ingest::{
@@ -243,43 +243,99 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     })
 }
 
-/// The sections of `vigil.toml` that a reload does not apply.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    let mut check = |name, a: String, b: String| {
-        if a != b {
-            changed.push(name);
+/// The settings of `vigil.toml` that a reload does not apply and that
+/// changed: compared by value (a new password counts), named by key for the
+/// two connections and by section otherwise, never with their values (no
+/// secret reaches the log).
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    fn check(key: &str, differs: bool, changed: &mut Vec<String>) {
+        if differs {
+            changed.push(key.to_string());
         }
-    };
-    check("gateway_id", old.gateway_id.clone(), new.gateway_id.clone());
-    check("log_level", old.log_level.clone(), new.log_level.clone());
-    check(
-        "broker",
-        format!("{:?}", old.broker),
-        format!("{:?}", new.broker),
-    );
+    }
+    let mut changed = Vec::new();
+    check("gateway_id", old.gateway_id != new.gateway_id, &mut changed);
+    check("log_level", old.log_level != new.log_level, &mut changed);
+    connection_changes("broker", &old.broker, &new.broker, &mut changed);
     check(
         "subscriptions",
-        format!("{:?}", old.subscriptions),
-        format!("{:?}", new.subscriptions),
+        old.subscriptions != new.subscriptions,
+        &mut changed,
     );
+    check("store", old.store != new.store, &mut changed);
+    match (&old.upstream, &new.upstream) {
+        (Some(a), Some(b)) => {
+            // Everything but the connection, which is compared key by key.
+            let rest = UpstreamConfig {
+                connection: b.connection.clone(),
+                ..a.clone()
+            };
+            check("upstream", rest != *b, &mut changed);
+            connection_changes("upstream", &a.connection, &b.connection, &mut changed);
+        }
+        (a, b) => check("upstream", a != b, &mut changed),
+    }
+    check("http", old.http != new.http, &mut changed);
     check(
-        "store",
-        format!("{:?}", old.store),
-        format!("{:?}", new.store),
+        "embedded_broker",
+        old.embedded_broker != new.embedded_broker,
+        &mut changed,
     );
-    check(
-        "upstream",
-        format!("{:?}", old.upstream),
-        format!("{:?}", new.upstream),
-    );
-    check("http", format!("{:?}", old.http), format!("{:?}", new.http));
     check(
         "devices_dir",
-        format!("{:?}", old.devices_dir),
-        format!("{:?}", new.devices_dir),
+        old.devices_dir != new.devices_dir,
+        &mut changed,
     );
     changed
+}
+
+/// The keys of one connection (`broker` or `upstream`) that differ.
+fn connection_changes(
+    section: &str,
+    old: &BrokerConfig,
+    new: &BrokerConfig,
+    out: &mut Vec<String>,
+) {
+    // Destructured, so that a new setting cannot be left out of the comparison.
+    let BrokerConfig {
+        host,
+        port,
+        client_id,
+        keepalive,
+        credentials,
+        tls,
+        max_payload_bytes,
+        reconnect_min,
+        reconnect_max,
+    } = old;
+    let username = |c: &Option<Credentials>| c.as_ref().map(|c| c.username.clone());
+    let password = |c: &Option<Credentials>| c.as_ref().and_then(|c| c.password.clone());
+    let keys = [
+        ("host", *host != new.host),
+        ("port", *port != new.port),
+        ("client_id", *client_id != new.client_id),
+        ("keepalive_s", *keepalive != new.keepalive),
+        (
+            "username",
+            username(credentials) != username(&new.credentials),
+        ),
+        (
+            "password",
+            password(credentials) != password(&new.credentials),
+        ),
+        ("tls", *tls != new.tls),
+        (
+            "max_payload_bytes",
+            *max_payload_bytes != new.max_payload_bytes,
+        ),
+        ("reconnect_min_ms", *reconnect_min != new.reconnect_min),
+        ("reconnect_max_ms", *reconnect_max != new.reconnect_max),
+    ];
+    for (key, differs) in keys {
+        if differs {
+            out.push(format!("{section}.{key}"));
+        }
+    }
 }
 
 impl Running {
@@ -331,7 +387,7 @@ impl Running {
         let restart = needs_restart(&self.config, &new);
         if !restart.is_empty() {
             warn!(
-                sections = %restart.join(", "),
+                changed = %restart.join(", "),
                 "these settings changed but apply only after a restart (systemctl restart vigil); the device files are reloaded now"
             );
         }
@@ -400,5 +456,79 @@ impl Running {
             Err(_) => warn!("the final store flush did not finish in time"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Credentials, EmbeddedBrokerConfig};
+
+    fn config() -> Config {
+        let text = "gateway_id = \"gw-1\"\n[broker]\nhost = \"127.0.0.1\"\nusername = \"vigil\"\npassword = \"old secret\"\n[[subscriptions]]\ntemplate = \"plant/{device}/{metric}\"\n[store]\npath = \"store\"\n[upstream]\nhost = \"127.0.0.2\"\nusername = \"gw\"\npassword = \"old secret\"\n[embedded_broker]\nenabled = true\n";
+        let mut errors = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::config::from_str(&dir.path().join("vigil.toml"), text.into(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        c.unwrap()
+    }
+
+    #[test]
+    fn a_password_change_needs_a_restart() {
+        let old = config();
+        let mut new = old.clone();
+        new.broker.credentials = Some(Credentials {
+            username: "vigil".into(),
+            password: Some("new secret".into()),
+        });
+        let upstream = new.upstream.as_mut().unwrap();
+        upstream.connection.credentials = Some(Credentials {
+            username: "gw".into(),
+            password: Some("new secret".into()),
+        });
+        let changed = needs_restart(&old, &new);
+        assert_eq!(changed, ["broker.password", "upstream.password"]);
+        // The names of what changed are logged; the secrets never are.
+        assert!(changed.iter().all(|k| !k.contains("secret")));
+    }
+
+    #[test]
+    fn an_embedded_broker_change_needs_a_restart() {
+        let old = config();
+        let mut new = old.clone();
+        let queue_bytes = 64 << 20;
+        new.embedded_broker = Some(EmbeddedBrokerConfig {
+            queue_bytes,
+            ..old.embedded_broker.clone().unwrap()
+        });
+        assert_eq!(needs_restart(&old, &new), ["embedded_broker"]);
+        new.embedded_broker = None;
+        assert_eq!(needs_restart(&old, &new), ["embedded_broker"]);
+    }
+
+    #[test]
+    fn every_changed_key_is_named_and_device_files_are_not() {
+        let old = config();
+        let mut new = old.clone();
+        assert!(needs_restart(&old, &new).is_empty());
+        new.broker.credentials = None;
+        new.broker.port = 1884;
+        new.store.flush_interval = Duration::from_millis(5);
+        new.devices_dir = Path::new("elsewhere").into();
+        assert_eq!(
+            needs_restart(&old, &new),
+            [
+                "broker.port",
+                "broker.username",
+                "broker.password",
+                "store",
+                "devices_dir"
+            ]
+        );
+        let mut only_devices = old.clone();
+        only_devices.devices = DeviceRegistry::default();
+        assert!(needs_restart(&old, &only_devices).is_empty());
     }
 }

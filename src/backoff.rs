@@ -28,7 +28,7 @@ impl Backoff {
         self.rng ^= self.rng << 17;
         let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         let d = self.current;
-        self.current = (self.current * 2).min(self.max);
+        self.current = self.current.saturating_mul(2).min(self.max);
         d.mul_f64(0.5 + 0.5 * frac)
     }
 

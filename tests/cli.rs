@@ -62,6 +62,38 @@ fn check_config_reports_every_error_with_file_and_line() {
     assert!(stderr.contains("4 error(s) found"), "{stderr}");
 }
 
+/// This rate once passed check-config and then made vigil panic at the
+/// second aggregate, on every start.
+#[test]
+fn check_config_refuses_a_vanishing_aggregate_rate() {
+    let mut options = Options::new(1883);
+    options.extra_tables =
+        "[upstream]\nhost = \"127.0.0.1\"\nport = 1884\naggregate_rate_per_s = 1e-20\n".into();
+    let setup = Setup::new(&options);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("aggregate_rate_per_s"))
+        .unwrap()
+        + 1;
+    let out = vigil_cmd()
+        .args(["check-config", "--config"])
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "{}:{line}: upstream.aggregate_rate_per_s: 1e-20 is out of range; expected 0.001 to 1000000 messages per second",
+        setup.config.display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "missing {expected:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains("1 error(s) found"), "{stderr}");
+}
+
 #[test]
 fn inspect_without_a_store_says_so_and_creates_nothing() {
     let setup = Setup::new(&Options::new(1883));

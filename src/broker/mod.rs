@@ -101,7 +101,10 @@ pub fn start(config: &EmbeddedBrokerConfig) -> Result<EmbeddedBroker, BrokerErro
 /// `queue_bytes / SEGMENT_BYTES` of them (at least 2).
 const SEGMENT_BYTES: usize = 4 << 20;
 
-fn settings(config: &EmbeddedBrokerConfig, addr: SocketAddr) -> (RouterConfig, ServerSettings) {
+pub(crate) fn settings(
+    config: &EmbeddedBrokerConfig,
+    addr: SocketAddr,
+) -> (RouterConfig, ServerSettings) {
     let server = ServerSettings {
         name: "mqtt".into(),
         listen: addr,

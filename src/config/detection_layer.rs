@@ -8,6 +8,7 @@ use std::fmt;
 
 use super::detection::{AccelUnit, Foundation, MachineGroup, DEFECTS, SCALAR_FEATURES};
 use super::diag::{ConfigError, Source};
+use super::ranges::{Real, Span, Whole, BAND_HZ};
 
 /// Where a value was set: its key path in its file and, once merged, the
 /// file (index in the registry) and the order in which it was applied.
@@ -194,8 +195,9 @@ impl Check<'_> {
         self.errors.push(self.src.at(key, msg));
     }
 
-    pub(super) fn duration(&mut self, key: &str, text: Option<&String>) -> Option<i64> {
-        match parse_duration_ms(text?) {
+    /// A duration within `span`, in milliseconds.
+    pub(super) fn duration(&mut self, key: &str, text: Option<&String>, span: Span) -> Option<i64> {
+        match span.parse(text?) {
             Ok(ms) => Some(ms),
             Err(e) => {
                 self.err(key, e);
@@ -204,40 +206,43 @@ impl Check<'_> {
         }
     }
 
-    /// A whole number of at least `min`, as `u32`.
-    pub(super) fn whole(&mut self, key: &str, raw: Option<i64>, min: i64, what: &str) -> Val<u32> {
-        let n = raw?;
-        if n < min || n > i64::from(u32::MAX) {
-            self.err(key, format!("{n} is out of range; expected {what}"));
-            return None;
+    /// A whole number within `range`, as `u32`.
+    pub(super) fn whole(&mut self, key: &str, raw: Option<i64>, range: Whole) -> Val<u32> {
+        // Every range of a device file fits a u32.
+        let n = range
+            .check(raw?.into())
+            .and_then(|n| u32::try_from(n).map_err(|e| e.to_string()));
+        match n {
+            Ok(n) => Some(set(key, n)),
+            Err(e) => {
+                self.err(key, e);
+                None
+            }
         }
-        Some(set(key, n as u32))
     }
 
-    /// A finite number for which `ok` holds.
-    pub(super) fn real(
-        &mut self,
-        key: &str,
-        raw: Option<f64>,
-        ok: fn(f64) -> bool,
-        what: &str,
-    ) -> Val<f64> {
-        let x = raw?;
-        if !x.is_finite() || !ok(x) {
-            self.err(key, format!("{x} is out of range; expected {what}"));
-            return None;
+    /// A number within `range`.
+    pub(super) fn real(&mut self, key: &str, raw: Option<f64>, range: Real) -> Val<f64> {
+        match range.check(raw?) {
+            Ok(x) => Some(set(key, x)),
+            Err(e) => {
+                self.err(key, e);
+                None
+            }
         }
-        Some(set(key, x))
     }
 
-    /// `[from_hz, to_hz]` with 0 <= from < to.
+    /// `[from_hz, to_hz]` with from < to, both within `BAND_HZ`.
     pub(super) fn band(&mut self, key: &str, raw: &[f64]) -> Option<(f64, f64)> {
         match *raw {
-            [from, to] if from.is_finite() && to.is_finite() && 0.0 <= from && from < to => {
+            [from, to] if BAND_HZ.contains(from) && BAND_HZ.contains(to) && from < to => {
                 Some((from, to))
             }
             _ => {
-                self.err(key, format!("{raw:?} is not a band; expected [from_hz, to_hz] with 0 <= from_hz < to_hz"));
+                self.err(
+                    key,
+                    format!("{raw:?} is not a band; expected [from_hz, to_hz] with from_hz < to_hz, each {BAND_HZ}"),
+                );
                 None
             }
         }

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::detection_layer::{
-    at, check_feature, parse_duration_ms, set, BaselineLayer, Check, Extent, FileLayer, Levels,
-    MetricLayer, Set, Val,
+    at, check_feature, set, BaselineLayer, Check, Extent, FileLayer, Levels, MetricLayer, Set, Val,
 };
 use super::detection_vibration::{bearing, iso, waveform, RawBearing, RawIso, RawWaveform};
 use super::diag::{ConfigError, Source};
+use super::ranges::{
+    Real, ALLOWED_LATENESS, ALPHA, CUSUM_H, CUSUM_K, LEVEL, RAISE_CLEAR_AFTER, RATE_PER_MIN,
+    SILENT_AFTER, VOLATILITY_RATIO, WARMUP_WINDOWS, WINDOW, WINDOW_READINGS, Z,
+};
 
 /// `[alerts]`: device-wide hysteresis, overridden per metric.
 #[derive(Debug, Default, Deserialize)]
@@ -90,11 +93,10 @@ pub(super) fn alerts_layer(
 ) -> FileLayer {
     let raw = raw.unwrap_or_default();
     let mut c = Check { src, errors };
-    let what = "at least 1 (consecutive windows)";
     FileLayer {
         tainted: false,
-        raise_after: c.whole("alerts.raise_after", raw.raise_after, 1, what),
-        clear_after: c.whole("alerts.clear_after", raw.clear_after, 1, what),
+        raise_after: c.whole("alerts.raise_after", raw.raise_after, RAISE_CLEAR_AFTER),
+        clear_after: c.whole("alerts.clear_after", raw.clear_after, RAISE_CLEAR_AFTER),
         metrics: Vec::new(),
     }
 }
@@ -135,27 +137,26 @@ pub(super) fn metric_layer(
         raw.hop_readings,
     );
     out.allowed_lateness_ms = c
-        .duration(&key("allowed_lateness"), raw.allowed_lateness.as_ref())
+        .duration(
+            &key("allowed_lateness"),
+            raw.allowed_lateness.as_ref(),
+            ALLOWED_LATENESS,
+        )
         .map(|ms| set(&key("allowed_lateness"), ms));
     let silent = key("silent_after");
     out.silent_after_ms = match raw.silent_after.as_deref() {
         None => None,
         Some("never") => Some(set(&silent, None)),
-        Some(text) => match parse_duration_ms(text) {
-            Ok(ms) if ms > 0 => Some(set(&silent, Some(ms))),
-            Ok(_) => {
-                c.err(&silent, "expected a duration above 0, or \"never\"");
-                None
-            }
+        Some(text) => match SILENT_AFTER.parse(text) {
+            Ok(ms) => Some(set(&silent, Some(ms))),
             Err(e) => {
                 c.err(&silent, format!("{e}; or \"never\""));
                 None
             }
         },
     };
-    let what = "at least 1 (consecutive windows)";
-    out.raise_after = c.whole(&key("raise_after"), raw.raise_after, 1, what);
-    out.clear_after = c.whole(&key("clear_after"), raw.clear_after, 1, what);
+    out.raise_after = c.whole(&key("raise_after"), raw.raise_after, RAISE_CLEAR_AFTER);
+    out.clear_after = c.whole(&key("clear_after"), raw.clear_after, RAISE_CLEAR_AFTER);
 
     for (feature, l) in raw.limits.iter().flatten() {
         let lk = format!("{k}.limits.{feature}");
@@ -171,7 +172,7 @@ pub(super) fn metric_layer(
             "warning_below",
             "alarm_below",
         ];
-        if let Some(l) = level_table(&mut c, &lk, feature, levels, names, |_| true, "a number") {
+        if let Some(l) = level_table(&mut c, &lk, feature, levels, names, LEVEL) {
             out.limits.insert(feature.clone(), l);
         }
     }
@@ -189,9 +190,8 @@ pub(super) fn metric_layer(
             "warning_fall_per_min",
             "alarm_fall_per_min",
         ];
-        let what =
-            "a positive number of units per minute (a fall is given as a positive number too)";
-        if let Some(r) = level_table(&mut c, &rk, feature, levels, names, |x| x > 0.0, what) {
+        // A fall is given as a positive number too.
+        if let Some(r) = level_table(&mut c, &rk, feature, levels, names, RATE_PER_MIN) {
             out.rates.insert(feature.clone(), r);
         }
     }
@@ -210,7 +210,7 @@ pub(super) fn metric_layer(
     out
 }
 
-/// `window` / `window_readings` (or `hop` / `hop_readings`): one of the two, above 0.
+/// `window` / `window_readings` (or `hop` / `hop_readings`): one of the two.
 fn extent(
     c: &mut Check<'_>,
     dkey: &str,
@@ -230,14 +230,10 @@ fn extent(
             );
             None
         }
-        (Some(text), None) => match c.duration(dkey, Some(text))? {
-            0 => {
-                c.err(dkey, "expected a duration above 0");
-                None
-            }
-            ms => Some(set(dkey, Extent::Ms(ms))),
-        },
-        (None, n) => c.whole(nkey, n, 1, "at least 1 reading").map(|s| Set {
+        (Some(text), None) => c
+            .duration(dkey, Some(text), WINDOW)
+            .map(|ms| set(dkey, Extent::Ms(ms))),
+        (None, n) => c.whole(nkey, n, WINDOW_READINGS).map(|s| Set {
             v: Extent::Readings(s.v),
             at: s.at,
         }),
@@ -255,8 +251,7 @@ fn level_table(
     feature: &str,
     raw: [Option<f64>; 4],
     names: [&str; 4],
-    ok: fn(f64) -> bool,
-    what: &str,
+    range: Real,
 ) -> Option<Levels> {
     if let Err(e) = check_feature(feature) {
         c.err(key, e);
@@ -269,8 +264,7 @@ fn level_table(
         );
         return None;
     }
-    let [a, b, d, e] =
-        [0, 1, 2, 3].map(|i| c.real(&format!("{key}.{}", names[i]), raw[i], ok, what));
+    let [a, b, d, e] = [0, 1, 2, 3].map(|i| c.real(&format!("{key}.{}", names[i]), raw[i], range));
     Some(Levels {
         at: at(key),
         warning_up: a,
@@ -307,49 +301,18 @@ fn baseline(c: &mut Check<'_>, bk: &str, raw: &RawBaseline) -> BaselineLayer {
         at: at(bk),
         enabled: raw.enabled.map(|e| set(&key("enabled"), e)),
         features,
-        warmup_windows: c.whole(
-            &key("warmup_windows"),
-            raw.warmup_windows,
-            1,
-            "at least 1 window",
-        ),
-        alpha: c.real(
-            &key("alpha"),
-            raw.alpha,
-            |a| 0.0 < a && a < 1.0,
-            "0 < alpha < 1",
-        ),
-        warning_z: c.real(
-            &key("warning_z"),
-            raw.warning_z,
-            |z| z > 0.0,
-            "a z-score above 0",
-        ),
-        alarm_z: c.real(
-            &key("alarm_z"),
-            raw.alarm_z,
-            |z| z > 0.0,
-            "a z-score above 0",
-        ),
+        warmup_windows: c.whole(&key("warmup_windows"), raw.warmup_windows, WARMUP_WINDOWS),
+        alpha: c.real(&key("alpha"), raw.alpha, ALPHA),
+        warning_z: c.real(&key("warning_z"), raw.warning_z, Z),
+        alarm_z: c.real(&key("alarm_z"), raw.alarm_z, Z),
         cusum: raw.cusum.map(|b| set(&key("cusum"), b)),
-        cusum_k: c.real(
-            &key("cusum_k"),
-            raw.cusum_k,
-            |k| k >= 0.0,
-            "0 or more (in learned spreads)",
-        ),
-        cusum_h: c.real(
-            &key("cusum_h"),
-            raw.cusum_h,
-            |h| h > 0.0,
-            "above 0 (in learned spreads)",
-        ),
+        cusum_k: c.real(&key("cusum_k"), raw.cusum_k, CUSUM_K),
+        cusum_h: c.real(&key("cusum_h"), raw.cusum_h, CUSUM_H),
         volatility: raw.volatility.map(|b| set(&key("volatility"), b)),
         volatility_ratio: c.real(
             &key("volatility_ratio"),
             raw.volatility_ratio,
-            |r| r > 1.0,
-            "a ratio above 1",
+            VOLATILITY_RATIO,
         ),
     }
 }

@@ -11,6 +11,9 @@ use super::detection::{AccelUnit, Bearing, Foundation, MachineGroup};
 use super::detection_layer::{
     at, band_name_ok, set, BearingLayer, Check, IsoLayer, MetricLayer, Set, Val,
 };
+use super::ranges::{
+    BALLS, BALL_DIAMETER, CONTACT_ANGLE_DEG, DEFECT_MULTIPLE, PITCH_DIAMETER, SHAFT_HZ, SHAFT_RPM,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +55,6 @@ pub(super) struct RawIso {
 
 pub(super) fn bearing(c: &mut Check<'_>, bk: &str, raw: &RawBearing) -> Option<BearingLayer> {
     let key = |f: &str| format!("{bk}.{f}");
-    let positive = |x: f64| x > 0.0;
     let shaft_hz = match (raw.shaft_rpm, raw.shaft_hz) {
         (Some(_), Some(_)) => {
             c.err(
@@ -62,17 +64,12 @@ pub(super) fn bearing(c: &mut Check<'_>, bk: &str, raw: &RawBearing) -> Option<B
             None
         }
         (Some(rpm), None) => c
-            .real(
-                &key("shaft_rpm"),
-                Some(rpm),
-                positive,
-                "a speed above 0 rpm",
-            )
+            .real(&key("shaft_rpm"), Some(rpm), SHAFT_RPM)
             .map(|s| Set {
                 v: s.v / 60.0,
                 at: s.at,
             }),
-        (None, hz) => c.real(&key("shaft_hz"), hz, positive, "a speed above 0 Hz"),
+        (None, hz) => c.real(&key("shaft_hz"), hz, SHAFT_HZ),
     };
     let multiples = [raw.bpfo, raw.bpfi, raw.bsf, raw.ftf];
     let geometry = raw.balls.is_some()
@@ -98,14 +95,7 @@ pub(super) fn bearing(c: &mut Check<'_>, bk: &str, raw: &RawBearing) -> Option<B
                 ),
             );
         }
-        let vals = [0, 1, 2, 3].map(|i| {
-            c.real(
-                &key(names[i]),
-                multiples[i],
-                positive,
-                "a multiple of the shaft speed above 0",
-            )
-        });
+        let vals = [0, 1, 2, 3].map(|i| c.real(&key(names[i]), multiples[i], DEFECT_MULTIPLE));
         match vals {
             [Some(o), Some(i), Some(b), Some(f)] => Some(set(bk, [o.v, i.v, b.v, f.v])),
             _ => None,
@@ -138,25 +128,14 @@ fn geometry_orders(c: &mut Check<'_>, bk: &str, raw: &RawBearing) -> Val<[f64; 4
             c.err(bk, format!("missing {name}; the geometry needs balls, ball_diameter and pitch_diameter (contact_angle_deg defaults to 0)"));
         }
     }
-    let balls = c.whole(&key("balls"), raw.balls, 3, "at least 3 balls");
-    let d = c.real(
-        &key("ball_diameter"),
-        raw.ball_diameter,
-        |d| d > 0.0,
-        "a diameter above 0",
-    );
-    let pd = c.real(
-        &key("pitch_diameter"),
-        raw.pitch_diameter,
-        |d| d > 0.0,
-        "a diameter above 0",
-    );
+    let balls = c.whole(&key("balls"), raw.balls, BALLS);
+    let d = c.real(&key("ball_diameter"), raw.ball_diameter, BALL_DIAMETER);
+    let pd = c.real(&key("pitch_diameter"), raw.pitch_diameter, PITCH_DIAMETER);
     let angle = c
         .real(
             &key("contact_angle_deg"),
             raw.contact_angle_deg,
-            |a| (0.0..90.0).contains(&a),
-            "0 <= angle < 90 degrees",
+            CONTACT_ANGLE_DEG,
         )
         .map_or(0.0, |s| s.v);
     if let (Some(d), Some(pd)) = (&d, &pd) {

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::Deserialize;
 
 use super::diag::{ConfigError, Source};
+use super::ranges;
 
 /// Where the embedded broker listens unless `listen` says otherwise.
 pub const DEFAULT_EMBEDDED_LISTEN: &str = "127.0.0.1:1883";
@@ -66,40 +67,29 @@ pub(super) fn validate(
             "port 0 is not a port sensors can be told; expected 1 to 65535",
         ));
     }
-    let mut bounded =
-        |key: &str, value: Option<u64>, default: u64, range: (u64, u64), unit: &str| {
-            let v = value.unwrap_or(default);
-            if !(range.0..=range.1).contains(&v) {
-                errors.push(src.at(
-                    &format!("embedded_broker.{key}"),
-                    format!(
-                        "{v} is out of range; expected {} to {} {unit}",
-                        range.0, range.1
-                    ),
-                ));
-            }
-            v as usize
-        };
+    let mut bounded = |key: &str, value: Option<u64>, default: u64, range: ranges::Whole| {
+        let v = value.unwrap_or(default);
+        range.check_at(src, &format!("embedded_broker.{key}"), v, errors);
+        // Within range, every one fits a 32-bit `usize`.
+        usize::try_from(v).unwrap_or(usize::MAX)
+    };
     let max_connections = bounded(
         "max_connections",
         raw.max_connections,
         1000,
-        (2, 100_000),
-        "connections",
+        ranges::MAX_CONNECTIONS,
     );
     let max_payload_bytes = bounded(
         "max_payload_bytes",
         raw.max_payload_bytes,
         1 << 20,
-        (64, 64 << 20),
-        "bytes",
+        ranges::MAX_PAYLOAD_BYTES,
     );
     let queue_bytes = bounded(
         "queue_bytes",
         raw.queue_bytes,
         32 << 20,
-        (1 << 20, 4 << 30),
-        "bytes",
+        ranges::QUEUE_BYTES,
     );
     if errors.len() > start || raw.enabled != Some(true) {
         return None;

@@ -11,6 +11,7 @@ mod detection_vibration;
 mod devices;
 mod diag;
 mod embedded;
+pub mod ranges;
 mod topic;
 mod upstream;
 
@@ -57,7 +58,7 @@ pub struct Config {
 /// Default address of the health and metrics endpoint: loopback only.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9620";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     pub host: String,
     pub port: u16,
@@ -71,7 +72,7 @@ pub struct BrokerConfig {
     pub reconnect_max: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Credentials {
     pub username: String,
     pub password: Option<String>,
@@ -104,7 +105,7 @@ pub enum PayloadFormat {
     Text,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
     pub filter: String,
     pub template: TopicTemplate,
@@ -113,7 +114,7 @@ pub struct Subscription {
     pub format: PayloadFormat,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
     /// Bytes the readings log and dead letters may use before ingest pauses.
@@ -470,12 +471,7 @@ fn validate_connection(
         ));
     }
     let keepalive_s = raw.keepalive_s.unwrap_or(30);
-    if !(5..=65535).contains(&keepalive_s) {
-        errors.push(src.at(
-            &key("keepalive_s"),
-            format!("{keepalive_s} is out of range; expected 5 to 65535 seconds"),
-        ));
-    }
+    ranges::KEEPALIVE_S.check_at(src, &key("keepalive_s"), keepalive_s, errors);
     let client_id = raw
         .client_id
         .unwrap_or_else(|| default_client_id.to_string());
@@ -528,19 +524,16 @@ fn validate_connection(
         .tls
         .and_then(|t| validate_tls(src, base, &key("tls"), t, errors));
     let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
-    if port == 0 {
-        errors.push(src.at(&key("port"), "0 is not a port; expected 1 to 65535"));
-    }
+    ranges::PORT.check_at(src, &key("port"), port.into(), errors);
     let max_payload_bytes = raw.max_payload_bytes.unwrap_or(1 << 20);
-    if !(64..=(64 << 20)).contains(&max_payload_bytes) {
-        errors.push(src.at(
-            &key("max_payload_bytes"),
-            format!("{max_payload_bytes} is out of range; expected 64 bytes to 64 MiB"),
-        ));
-    }
+    ranges::MAX_PAYLOAD_BYTES.check_at(src, &key("max_payload_bytes"), max_payload_bytes, errors);
     let reconnect_min_ms = raw.reconnect_min_ms.unwrap_or(500);
     let reconnect_max_ms = raw.reconnect_max_ms.unwrap_or(30_000);
-    if reconnect_min_ms == 0 || reconnect_min_ms > reconnect_max_ms {
+    let min_ok =
+        ranges::RECONNECT_MIN_MS.check_at(src, &key("reconnect_min_ms"), reconnect_min_ms, errors);
+    let max_ok =
+        ranges::RECONNECT_MAX_MS.check_at(src, &key("reconnect_max_ms"), reconnect_max_ms, errors);
+    if min_ok && max_ok && reconnect_min_ms > reconnect_max_ms {
         // Blame the key the user wrote (the other may be a default).
         let k = if raw.reconnect_max_ms.is_some() && raw.reconnect_min_ms.is_none() {
             "reconnect_max_ms"
@@ -548,7 +541,7 @@ fn validate_connection(
             "reconnect_min_ms"
         };
         errors.push(src.at(&key(k), format!(
-            "expected 0 < reconnect_min_ms ({reconnect_min_ms}) <= reconnect_max_ms ({reconnect_max_ms})"
+            "expected reconnect_min_ms ({reconnect_min_ms}) <= reconnect_max_ms ({reconnect_max_ms})"
         )));
     }
     if errors.len() > start {
@@ -648,12 +641,7 @@ fn validate_subscription(
         (None, None) => String::new(),
     };
     let qos = raw.qos.unwrap_or(1);
-    if qos > 1 {
-        errors.push(src.at(
-            &format!("{key}.qos"),
-            format!("{qos} is not supported; expected 0 or 1"),
-        ));
-    }
+    ranges::QOS.check_at(src, &format!("{key}.qos"), qos.into(), errors);
     let format = match raw.format.as_deref().unwrap_or("auto") {
         "auto" => PayloadFormat::Auto,
         "json" => PayloadFormat::Json,
@@ -700,47 +688,37 @@ fn validate_store(
         }
     };
     let budget_bytes = raw.budget_bytes.unwrap_or(1 << 30);
-    if budget_bytes < 4096 {
-        errors.push(src.at(
-            "store.budget_bytes",
-            format!("{budget_bytes} is too small; expected at least 4096 bytes"),
-        ));
-    }
+    let mut sizes_ok =
+        ranges::BUDGET_BYTES.check_at(src, "store.budget_bytes", budget_bytes, errors);
     let flush_interval_ms = raw.flush_interval_ms.unwrap_or(20);
-    if !(1..=10_000).contains(&flush_interval_ms) {
-        errors.push(src.at(
-            "store.flush_interval_ms",
-            format!("{flush_interval_ms} is out of range; expected 1 to 10000 ms"),
-        ));
-    }
+    ranges::FLUSH_INTERVAL_MS.check_at(src, "store.flush_interval_ms", flush_interval_ms, errors);
     let flush_max_readings = raw.flush_max_readings.unwrap_or(8192);
-    if !(1..=1_000_000).contains(&flush_max_readings) {
-        errors.push(src.at(
-            "store.flush_max_readings",
-            format!("{flush_max_readings} is out of range; expected 1 to 1000000"),
-        ));
-    }
+    ranges::FLUSH_MAX_READINGS.check_at(
+        src,
+        "store.flush_max_readings",
+        flush_max_readings,
+        errors,
+    );
     let checkpoint_interval_ms = raw.checkpoint_interval_ms.unwrap_or(5_000);
-    if checkpoint_interval_ms > 60_000 {
-        errors.push(src.at(
-            "store.checkpoint_interval_ms",
-            format!("{checkpoint_interval_ms} is out of range; expected 0 to 60000 ms"),
-        ));
-    }
+    ranges::CHECKPOINT_INTERVAL_MS.check_at(
+        src,
+        "store.checkpoint_interval_ms",
+        checkpoint_interval_ms,
+        errors,
+    );
     let dead_letter_max = raw.dead_letter_max.unwrap_or(10_000);
-    if dead_letter_max == 0 {
-        errors.push(src.at("store.dead_letter_max", "expected at least 1"));
-    }
+    ranges::DEAD_LETTER_MAX.check_at(src, "store.dead_letter_max", dead_letter_max, errors);
     // Default: 16 MiB, or a quarter of a smaller budget.
     let dead_letter_max_bytes = raw
         .dead_letter_max_bytes
         .unwrap_or((16 << 20).min(budget_bytes / 4));
-    if raw.dead_letter_max_bytes.is_some()
-        && (dead_letter_max_bytes < 1024 || dead_letter_max_bytes >= budget_bytes)
-    {
-        errors.push(src.at("store.dead_letter_max_bytes", format!(
-            "{dead_letter_max_bytes} is out of range; expected at least 1024 and less than store.budget_bytes ({budget_bytes})"
-        )));
+    if raw.dead_letter_max_bytes.is_some() {
+        sizes_ok &= ranges::DEAD_LETTER_MAX_BYTES.check_at(
+            src,
+            "store.dead_letter_max_bytes",
+            dead_letter_max_bytes,
+            errors,
+        );
     }
     // Default: half of what the dead letters leave. With the dead letters'
     // bound it must leave room for readings, or a full store could hold
@@ -748,7 +726,27 @@ fn validate_store(
     let alerts_max_bytes = raw
         .alerts_max_bytes
         .unwrap_or(budget_bytes.saturating_sub(dead_letter_max_bytes) / 2);
-    if alerts_max_bytes < 1024 || alerts_max_bytes + dead_letter_max_bytes >= budget_bytes {
+    if raw.alerts_max_bytes.is_some() {
+        sizes_ok &= ranges::ALERTS_MAX_BYTES.check_at(
+            src,
+            "store.alerts_max_bytes",
+            alerts_max_bytes,
+            errors,
+        );
+    }
+    // Within their ranges (a default alerts cap is at most half the budget)
+    // the sum cannot overflow.
+    let dead_letters_fill_budget =
+        raw.dead_letter_max_bytes.is_some() && dead_letter_max_bytes >= budget_bytes;
+    if sizes_ok && dead_letters_fill_budget {
+        errors.push(src.at(
+            "store.dead_letter_max_bytes",
+            format!("{dead_letter_max_bytes} must be below store.budget_bytes ({budget_bytes})"),
+        ));
+    } else if sizes_ok
+        && (alerts_max_bytes < ranges::ALERTS_MAX_BYTES.min
+            || alerts_max_bytes + dead_letter_max_bytes >= budget_bytes)
+    {
         errors.push(src.at(
             if raw.alerts_max_bytes.is_some() { "store.alerts_max_bytes" } else { "store.dead_letter_max_bytes" },
             format!(
@@ -773,5 +771,7 @@ fn validate_store(
 
 #[cfg(test)]
 mod detection_tests;
+#[cfg(test)]
+mod ranges_tests;
 #[cfg(test)]
 mod tests;

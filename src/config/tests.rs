@@ -127,7 +127,7 @@ checkpoint_interval_ms = 90000
     has(1, "gateway");
     has(2, "log_level");
     has(8, "twice");
-    has(12, "expected 0 or 1");
+    has(12, "expected 0 to 1");
     has(13, "xml");
     has(17, "flush_interval_ms");
     has(18, "checkpoint_interval_ms");
@@ -393,4 +393,22 @@ fn embedded_broker_errors_name_the_key_and_line() {
     let port0 = format!("{GOOD}\n[embedded_broker]\nenabled = true\nlisten = \"127.0.0.1:0\"\n");
     let errs = errors_of(&port0, &[]);
     assert!(errs[0].to_string().contains("port 0"), "{errs:?}");
+}
+
+/// Accepted by `check-config` once, this rate made the pacing panic at the
+/// second aggregate, on every start.
+#[test]
+fn a_vanishing_aggregate_rate_is_refused() {
+    let main =
+        format!("{GOOD}\n[upstream]\nhost = \"cloud.example\"\naggregate_rate_per_s = 1e-20\n");
+    let errors = errors_of(&main, &[]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].line, Some(15), "{}", errors[0]);
+    assert!(
+        errors[0]
+            .message
+            .starts_with("upstream.aggregate_rate_per_s: 1e-20 is out of range"),
+        "{}",
+        errors[0]
+    );
 }

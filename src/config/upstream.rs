@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{validate_connection, BrokerConfig, ConfigError, RawBroker, RawTls, Source};
+use super::{ranges, validate_connection, BrokerConfig, ConfigError, RawBroker, RawTls, Source};
 
 /// The validated `[upstream]` table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Host, port, client id, credentials, TLS, keepalive and reconnect backoff.
     pub connection: BrokerConfig,
@@ -184,23 +184,19 @@ pub(super) fn validate(
         }
     };
     let max_inflight = raw.max_inflight.unwrap_or(100);
-    if !(1..=10_000).contains(&max_inflight) {
-        errors.push(src.at(
-            "upstream.max_inflight",
-            format!("{max_inflight} is out of range; expected 1 to 10000 messages"),
-        ));
-    }
-    let aggregate_rate = match raw.aggregate_rate_per_s {
-        None => None,
-        Some(r) if r.is_finite() && r > 0.0 => Some(r),
-        Some(r) => {
-            errors.push(src.at(
-                "upstream.aggregate_rate_per_s",
-                format!("{r} is not a rate; expected a number of messages per second above 0 (leave it out for no limit)"),
-            ));
-            None
-        }
-    };
+    ranges::MAX_INFLIGHT.check_at(src, "upstream.max_inflight", max_inflight, errors);
+    let aggregate_rate = raw
+        .aggregate_rate_per_s
+        .and_then(|r| match ranges::AGGREGATE_RATE_PER_S.check(r) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(src.at(
+                    "upstream.aggregate_rate_per_s",
+                    format!("{e} (leave it out for no limit)"),
+                ));
+                None
+            }
+        });
     if errors.len() > start {
         return None;
     }

@@ -24,8 +24,9 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 /// Deviations are clipped at this many spreads before they enter the CUSUM
 /// sums (Huber), so one wild window cannot trip the drift detector.
 const CLIP: f64 = 3.0;
-/// Most windows a baseline remembers per feature (memory per stream).
-const MAX_HISTORY: usize = 256;
+/// Most windows a baseline remembers per feature (memory per stream); the
+/// warm-up is at most as long, or it would never end.
+const MAX_HISTORY: usize = crate::config::ranges::WARMUP_WINDOWS.max as usize;
 /// Degrees of freedom are capped: beyond this the t distribution is normal
 /// for our purposes.
 const MAX_DF: f64 = 100.0;

@@ -106,7 +106,7 @@ enum Sent {
 }
 
 /// Token bucket for the aggregates lane.
-struct Pace {
+pub(crate) struct Pace {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -114,7 +114,12 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(rate: f64) -> Pace {
+    /// `rate` is held to the range the configuration accepts, so that the
+    /// wait for a token is at most 1000 s and always a valid `Duration`.
+    pub(crate) fn new(rate: f64) -> Pace {
+        let range = crate::config::ranges::AGGREGATE_RATE_PER_S;
+        // `max` first: a NaN becomes the lowest rate.
+        let rate = rate.max(range.min).min(range.max);
         // 50 ms worth of messages, at least one.
         let burst = (rate / 20.0).max(1.0);
         Pace {
@@ -132,13 +137,17 @@ impl Pace {
     }
 
     /// Take a token, or say when the next one is due.
-    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Instant> {
         self.refill(now);
-        if self.tokens >= 1.0 {
+        // A token that is due within rounding counts: the wait below is
+        // rounded up to whole nanoseconds, and at its end one must be there.
+        if self.tokens >= 1.0 - 1e-9 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            // At most 1 / the lowest rate: 1e12 ns, a valid `Duration`.
+            let wait_ns = ((1.0 - self.tokens) / self.rate * 1e9).ceil();
+            Err(now + Duration::from_nanos(wait_ns as u64))
         }
     }
 }
@@ -493,5 +502,29 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         let taken = (0..100).filter(|_| p.take(later).is_ok()).count();
         assert_eq!(taken, 5);
+    }
+
+    /// A rate that once passed validation (1e-20 per second) made the wait
+    /// for the second message overflow `Duration`: the pacing must stay
+    /// total for any rate it is given.
+    #[test]
+    fn pace_is_total_for_any_rate() {
+        let t0 = Instant::now();
+        for rate in [1e-20, f64::MIN_POSITIVE, 1e-3, 1e6, 1e300, f64::INFINITY] {
+            let mut p = Pace::new(rate);
+            assert!(p.take(t0).is_ok(), "{rate}: the burst holds one message");
+            let mut at = t0;
+            for _ in 0..3 {
+                while p.take(at).is_ok() {}
+                let next = p.take(at).unwrap_err();
+                assert!(
+                    next > at && next - at <= Duration::from_secs(1000),
+                    "{rate}"
+                );
+                // When it is due, a token is there.
+                assert!(p.take(next).is_ok(), "{rate}");
+                at = next;
+            }
+        }
     }
 }
