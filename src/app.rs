@@ -276,6 +276,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         (a, b) => check("upstream", a != b, &mut changed),
     }
     check("http", old.http != new.http, &mut changed);
+    check("detect", old.detect != new.detect, &mut changed);
     check(
         "embedded_broker",
         old.embedded_broker != new.embedded_broker,

@@ -6,6 +6,9 @@
 use serde::Deserialize;
 
 use super::diag::{ConfigError, Source};
+use super::ranges::{
+    Whole, ALERT_STORM_PER_MINUTE, MAX_FUTURE_SKEW_MS, MAX_STREAMS, STREAM_IDLE_MS,
+};
 
 /// Event times more than this ahead of the gateway's clock are refused
 /// unless `max_future_skew_ms` says otherwise: 5 minutes covers sensors
@@ -73,49 +76,29 @@ pub(super) fn validate(
         return DetectConfig::default();
     };
     let mut config = DetectConfig::default();
-    let mut bounded = |key: &str, value: Option<u64>, range: (u64, u64), unit: &str| {
+    let mut bounded = |key: &str, value: Option<u64>, range: Whole| {
         let v = value?;
-        if (range.0..=range.1).contains(&v) {
-            Some(v)
-        } else {
-            errors.push(src.at(
-                &format!("detect.{key}"),
-                format!(
-                    "{v} is out of range; expected {} to {} {unit}",
-                    range.0, range.1
-                ),
-            ));
-            None
-        }
+        range
+            .check_at(src, &format!("detect.{key}"), v, errors)
+            .then_some(v)
     };
-    // From one second (clocks in sync) to one day: beyond that the check
-    // would no longer protect the windows.
     if let Some(ms) = bounded(
         "max_future_skew_ms",
         raw.max_future_skew_ms,
-        (1_000, 86_400_000),
-        "ms (1 s to 1 day)",
+        MAX_FUTURE_SKEW_MS,
     ) {
         config.max_future_skew_ms = ms as i64;
     }
-    if let Some(n) = bounded("max_streams", raw.max_streams, (1, 1_000_000), "streams") {
+    if let Some(n) = bounded("max_streams", raw.max_streams, MAX_STREAMS) {
         config.max_streams = n as usize;
     }
-    // At least a minute (a stream reading once a minute stays in memory),
-    // at most 30 days.
-    if let Some(ms) = bounded(
-        "stream_idle_ms",
-        raw.stream_idle_ms,
-        (60_000, 2_592_000_000),
-        "ms (1 minute to 30 days)",
-    ) {
+    if let Some(ms) = bounded("stream_idle_ms", raw.stream_idle_ms, STREAM_IDLE_MS) {
         config.stream_idle_ms = ms as i64;
     }
     if let Some(n) = bounded(
         "alert_storm_per_minute",
         raw.alert_storm_per_minute,
-        (1, 1_000_000),
-        "alerts",
+        ALERT_STORM_PER_MINUTE,
     ) {
         config.alert_storm_per_minute = n;
     }

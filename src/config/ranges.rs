@@ -113,6 +113,14 @@ pub const AGGREGATE_RATE_PER_S: Real = real(1e-3, 1e6, "messages per second");
 pub const MAX_CONNECTIONS: Whole = whole(2, 100_000, "connections");
 /// In memory: at most 1 GiB also fits a 32-bit gateway's `usize`.
 pub const QUEUE_BYTES: Whole = bytes(MIB, GIB);
+// [detect]
+/// From one second (clocks in sync) to one day: beyond that the check would
+/// no longer protect the windows.
+pub const MAX_FUTURE_SKEW_MS: Whole = whole(1_000, 86_400_000, "ms");
+pub const MAX_STREAMS: Whole = whole(1, 1_000_000, "streams");
+/// At least a minute (a stream read once a minute stays in memory).
+pub const STREAM_IDLE_MS: Whole = whole(60_000, 2_592_000_000, "ms");
+pub const ALERT_STORM_PER_MINUTE: Whole = whole(1, 1_000_000, "alerts");
 
 // Device files.
 pub const RAISE_CLEAR_AFTER: Whole = whole(1, 100_000, "consecutive windows");
@@ -319,6 +327,16 @@ pub const SETTINGS: &[Setting] = &[
         Range::Real(BAND_HZ),
     ),
     setting(&["metrics.M.iso10816.group"], Range::Whole(ISO_GROUP)),
+    setting(
+        &["detect.max_future_skew_ms"],
+        Range::Whole(MAX_FUTURE_SKEW_MS),
+    ),
+    setting(&["detect.max_streams"], Range::Whole(MAX_STREAMS)),
+    setting(&["detect.stream_idle_ms"], Range::Whole(STREAM_IDLE_MS)),
+    setting(
+        &["detect.alert_storm_per_minute"],
+        Range::Whole(ALERT_STORM_PER_MINUTE),
+    ),
 ];
 
 impl Whole {

@@ -158,6 +158,7 @@ fn files(key: &str, v: V) -> Files {
                 "embedded_broker",
                 "enabled = true\nlisten = \"127.0.0.1:1\"\n",
             ),
+            ("detect", ""),
         ]
     } else {
         &[("", "match = \"dev-*\"\n"), (table, "")]
@@ -315,6 +316,29 @@ fn pace(rate: f64) {
 /// Detection on a stream the device file describes: enough windows to end
 /// the longest warm-up, then silence.
 fn detect(c: &Config) {
+    // The gateway-wide rules: streams beyond the cap, a reading ahead of
+    // the clock, and a tick long enough for every stream to be idle.
+    let mut engine = Engine::new(c.devices.clone());
+    engine.set_max_future_skew(c.detect.max_future_skew_ms);
+    engine.set_stream_limits(crate::detect::StreamLimits {
+        max_streams: c.detect.max_streams,
+        idle_ms: c.detect.stream_idle_ms,
+    });
+    let mut out = Output::default();
+    let now: EpochMs = 1_795_255_200_000;
+    for i in 0..c.detect.max_streams.min(100) + 2 {
+        let reading = Reading {
+            device: format!("dev-{i}"),
+            metric: "m".into(),
+            time_ms: now + (i as EpochMs % 3) * c.detect.max_future_skew_ms,
+            value: Value::Scalar(1.0),
+        };
+        engine.process(&reading, now, &mut out);
+    }
+    assert!(engine.streams() <= c.detect.max_streams);
+    engine.tick(now + c.detect.stream_idle_ms + 40 * 86_400_000, &mut out);
+    engine.take_lifecycle();
+
     let s = c.devices.stream_settings("dev-1", "m");
     let step = match s.window {
         crate::config::WindowSpec::Time { hop_ms, .. } => hop_ms,

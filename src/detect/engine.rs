@@ -674,7 +674,7 @@ impl Engine {
                     }
                     WindowSpec::Count { length, .. } => {
                         let fill = (stream.state.interval_ms * length as f64) as EpochMs;
-                        if quiet > fill.max(1) + settings.allowed_lateness_ms {
+                        if quiet > fill.max(1).saturating_add(settings.allowed_lateness_ms) {
                             stream.state.windows.drain_all(&mut closed);
                         }
                     }
