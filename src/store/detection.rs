@@ -18,7 +18,7 @@ use sled::Transactional;
 use crate::model::{Aggregate, AlertEvent};
 
 use super::outbox::{encode_entry, Lane, OutboxEntry};
-use super::{finish, from_cbor, key, to_cbor, Store, StoreError, META_KEY};
+use super::{from_cbor, key, to_cbor, Store, StoreError, META_KEY};
 
 const CURSOR_KEY: &[u8] = b"\0cursor";
 
@@ -101,7 +101,7 @@ impl Store {
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        finish(result)?;
+        self.finish(result)?;
         *meta = next;
         Ok(())
     }
