@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod demo;
 mod detection;
+mod disk_full;
 mod embedded_broker;
 mod formats;
 mod forward;
