@@ -1,8 +1,9 @@
 //! The one place that creates channels and spawns stages, in flow order:
 //! local broker (embedded, when configured) → ingest (event loop task → writer task) → store → detect
 //! → forward → upstream broker; beside them the health and metrics endpoint.
-//! A running agent also takes reloads of its device files and tells the
-//! systemd watchdog whether its stages make progress.
+//! A running agent also takes reloads of its device files, tells the
+//! systemd watchdog whether its stages make progress, and gives up (exits,
+//! to be started again) when its store fails every write.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +21,8 @@ use crate::forward::{self, ForwardMetrics};
 use crate::ingest::{
     self, IngestMetrics, MemoryBudget, WriterConfig, INBOUND_CAPACITY, MEMORY_BUDGET_BYTES,
 };
-use crate::ops::{self, health::supervise, Health, Observed, ReloadMetrics, Stage};
+use crate::ops::health::{supervise, StoreWrites, STORE_FAILING_EXIT_AFTER};
+use crate::ops::{self, Health, Observed, ReloadMetrics, Stage};
 use crate::store::{Store, StoreError};
 
 /// How long stages get to finish after a shutdown request. With the final
@@ -29,8 +31,12 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(3500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot open the store at {path}: {source}")]
-    Store { path: String, source: StoreError },
+    // The store error is part of the message, not a `source`: printed as
+    // a chain, it would repeat.
+    #[error("cannot open the store at {path}: {error}")]
+    Store { path: String, error: StoreError },
+    #[error("cannot flush the store at {path} at shutdown: {error}")]
+    Flush { path: String, error: StoreError },
     #[error(transparent)]
     Mqtt(#[from] ingest::MqttError),
     #[error(transparent)]
@@ -63,6 +69,8 @@ pub struct Running {
     http_addr: Option<SocketAddr>,
     /// The watchdog pings stopped (logged once until they resume).
     watchdog_held: bool,
+    /// Store writes fail (logged once until they work again).
+    store_failing: bool,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -70,16 +78,16 @@ pub struct Running {
 /// Open the store and start every stage.
 pub async fn start(config: &Config) -> Result<Running, AppError> {
     let store_path = config.store.path.display().to_string();
-    let store_err = |source| AppError::Store {
+    let store_err = |error| AppError::Store {
         path: store_path.clone(),
-        source,
+        error,
     };
     let store_config = config.store.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
         .await?
         .map_err(store_err)?;
     let health = Arc::new(Health::default());
-    health.set_store_open(true);
+    health.watch_store(store.clone());
     let stats = store.stats().map_err(store_err)?;
     info!(
         path = %config.store.path.display(),
@@ -238,6 +246,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         config: config.clone(),
         http_addr,
         watchdog_held: false,
+        store_failing: false,
         shutdown_tx,
         tasks,
     })
@@ -429,6 +438,41 @@ impl Running {
         }
     }
 
+    /// Called every second: say once (at ERROR, and to systemd) that the
+    /// store fails every write, and when it works again. Returns why vigil
+    /// must exit once it has failed for [`STORE_FAILING_EXIT_AFTER`].
+    pub fn check_store(&mut self) -> Option<String> {
+        match self.health.store_writes() {
+            StoreWrites::Working => {
+                if std::mem::take(&mut self.store_failing) {
+                    info!(path = %self.store_path, "store writes work again; vigil is ready");
+                }
+                None
+            }
+            StoreWrites::Failing(reason) => {
+                if !self.store_failing {
+                    self.store_failing = true;
+                    error!(
+                        %reason,
+                        path = %self.store_path,
+                        "the store fails every write: vigil is not ready and acknowledges nothing; if no write works within {} s it exits, to be started again with the store reopened",
+                        STORE_FAILING_EXIT_AFTER.as_secs()
+                    );
+                    ops::notify::status(&format!("not ready: {reason}"));
+                }
+                None
+            }
+            StoreWrites::GivenUp(reason) => {
+                error!(
+                    %reason,
+                    path = %self.store_path,
+                    "vigil exits so that it is started again with the store reopened (systemd: Restart=on-failure); the messages it did not acknowledge stay with the broker"
+                );
+                Some(reason)
+            }
+        }
+    }
+
     /// Ask every stage to finish its current batch, then wait for them.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
         self.health.set_stopping();
@@ -450,9 +494,9 @@ impl Running {
         let store = self.store.clone();
         let flush = tokio::task::spawn_blocking(move || store.flush());
         match tokio::time::timeout(Duration::from_secs(1), flush).await {
-            Ok(joined) => joined?.map_err(|source| AppError::Store {
+            Ok(joined) => joined?.map_err(|error| AppError::Flush {
                 path: self.store_path.clone(),
-                source,
+                error,
             })?,
             Err(_) => warn!("the final store flush did not finish in time"),
         }

@@ -281,11 +281,20 @@ async fn serve(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
     let ready = format!("running; gateway {}", config.gateway_id);
     notify::ready(&ready);
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    let mut store_check = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Set when the store fails every write: vigil stops and exits with an error.
+    let mut store_failed = None;
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
+            _ = store_check.tick() => {
+                if let Some(reason) = running.check_store() {
+                    store_failed = Some(reason);
+                    break;
+                }
+            }
             _ = hangup.recv() => {
                 tracing::info!(config = %path.display(), "SIGHUP received: reloading the device files");
                 notify::reloading();
@@ -299,7 +308,14 @@ async fn serve(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
     }
     notify::stopping();
     tracing::info!("shutting down");
-    running.shutdown().await?;
+    let stopped = running.shutdown().await;
+    if let Some(reason) = store_failed {
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "the store failed at shutdown too");
+        }
+        anyhow::bail!("stopped because the store fails every write: {reason}");
+    }
+    stopped?;
     Ok(())
 }
 

@@ -4,16 +4,65 @@
 //! work. A stage busy for longer than [`STUCK_AFTER`] is stuck, and a stage
 //! whose task ended before shutdown has stopped: either one makes `/readyz`
 //! answer 503 and stops the systemd watchdog pings, so systemd restarts vigil.
+//! So does a store that fails every write (a full disk): see [`judge_store`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::store::{Store, WriteHealth};
 
 /// How long one unit of work may take before the stage counts as stuck.
 /// A detection batch or a store commit takes milliseconds; a minute means
 /// a hung disk or a bug.
 pub const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// Store writes failing in a row that make the agent not ready: one failed
+/// write may be a passing error, three at a second's interval (the writer
+/// retries every second) are not.
+pub const STORE_FAILURES_NOT_READY: u64 = 3;
+
+/// How long the store may fail every write before vigil exits, to be started
+/// again (systemd: `Restart=on-failure`) with the store opened anew. sled
+/// 0.34 returns a failed write's error for every later write of the same
+/// open store, even once the disk has room again, so waiting longer cannot
+/// help; reopening within the running agent would pull the store from under
+/// every stage. Well within the unit's `WatchdogSec=30s`, so that vigil stops
+/// cleanly before the watchdog kills it.
+pub const STORE_FAILING_EXIT_AFTER: Duration = Duration::from_secs(10);
+
+/// What the store's failed writes mean for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreWrites {
+    /// Writes work, or failed fewer than [`STORE_FAILURES_NOT_READY`] times in a row.
+    Working,
+    /// Not ready, for this reason.
+    Failing(String),
+    /// Failing for [`STORE_FAILING_EXIT_AFTER`]: vigil must exit and be started again.
+    GivenUp(String),
+}
+
+/// Judge a run of failed store writes at `now`.
+pub fn judge_store(w: &WriteHealth, now: Instant) -> StoreWrites {
+    if w.failing < STORE_FAILURES_NOT_READY {
+        return StoreWrites::Working;
+    }
+    let failing_for = w
+        .failing_since
+        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+    let reason = format!(
+        "the store has failed {} writes in a row for {} s ({})",
+        w.failing,
+        failing_for.as_secs(),
+        w.last_error.as_deref().unwrap_or("no error kept")
+    );
+    if failing_for >= STORE_FAILING_EXIT_AFTER {
+        StoreWrites::GivenUp(reason)
+    } else {
+        StoreWrites::Failing(reason)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -54,11 +103,12 @@ struct Slot {
 }
 
 /// Shared by every stage, the HTTP endpoint and the watchdog loop.
-#[derive(Debug)]
 pub struct Health {
     start: Instant,
     slots: [Slot; 4],
     store_open: AtomicBool,
+    /// The running agent's store, whose failed writes count (see `watch_store`).
+    store: OnceLock<Store>,
     stopping: AtomicBool,
 }
 
@@ -68,6 +118,7 @@ impl Default for Health {
             start: Instant::now(),
             slots: Default::default(),
             store_open: AtomicBool::new(false),
+            store: OnceLock::new(),
             stopping: AtomicBool::new(false),
         }
     }
@@ -105,6 +156,20 @@ impl Health {
 
     pub fn set_store_open(&self, open: bool) {
         self.store_open.store(open, Ordering::Relaxed);
+    }
+
+    /// The store is open, and its writes count towards readiness.
+    pub fn watch_store(&self, store: Store) {
+        let _ = self.store.set(store);
+        self.set_store_open(true);
+    }
+
+    /// What the store's failed writes mean now (`Working` for a store not watched).
+    pub fn store_writes(&self) -> StoreWrites {
+        match self.store.get() {
+            Some(store) => judge_store(&store.write_health(), Instant::now()),
+            None => StoreWrites::Working,
+        }
     }
 
     /// A shutdown was requested: stages ending now is expected.
@@ -152,6 +217,10 @@ impl Health {
         }
         if !self.store_open.load(Ordering::Relaxed) {
             reasons.push("the store is not open".to_string());
+        }
+        match self.store_writes() {
+            StoreWrites::Working => {}
+            StoreWrites::Failing(reason) | StoreWrites::GivenUp(reason) => reasons.push(reason),
         }
         for stage in Stage::ALL {
             let slot = self.slot(stage);
@@ -248,6 +317,46 @@ mod tests {
         drop(guard);
         assert_eq!(h.busy_for(Stage::Writer), None);
         assert_eq!(h.verdict_with(Duration::from_millis(20)), Ok(()));
+    }
+
+    fn failing(n: u64, for_s: u64, now: Instant) -> WriteHealth {
+        WriteHealth {
+            errors: n + 1,
+            failing: n,
+            failing_since: Some(now - Duration::from_secs(for_s)),
+            last_error: Some("store I/O failed: No space left on device".into()),
+        }
+    }
+
+    #[test]
+    fn failed_store_writes_make_not_ready_then_give_up() {
+        // Far enough ahead that every run of failures starts after the clock's origin.
+        let now = Instant::now() + Duration::from_secs(3600);
+        assert_eq!(
+            judge_store(&WriteHealth::default(), now),
+            StoreWrites::Working
+        );
+        // Two may be a passing error, even if they are minutes apart.
+        assert_eq!(
+            judge_store(&failing(2, 600, now), now),
+            StoreWrites::Working
+        );
+        let StoreWrites::Failing(reason) = judge_store(&failing(3, 2, now), now) else {
+            panic!("three failed writes in a row are not ready");
+        };
+        assert_eq!(
+            reason,
+            "the store has failed 3 writes in a row for 2 s (store I/O failed: No space left on device)"
+        );
+        let exit = STORE_FAILING_EXIT_AFTER.as_secs();
+        assert!(matches!(
+            judge_store(&failing(9, exit - 1, now), now),
+            StoreWrites::Failing(_)
+        ));
+        assert!(matches!(
+            judge_store(&failing(3, exit, now), now),
+            StoreWrites::GivenUp(r) if r.contains(&format!("for {exit} s"))
+        ));
     }
 
     #[test]

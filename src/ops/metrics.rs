@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::model::{wall_ms, Reason, Severity};
 use crate::store::{Lane, StoreError};
 
+use super::health::{STORE_FAILING_EXIT_AFTER, STORE_FAILURES_NOT_READY};
 use super::Observed;
 
 /// The content type of the exposition format.
@@ -179,7 +180,7 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
     t.one(
         "vigil_ready",
         Gauge,
-        "1 when the store is open and every stage runs (as /readyz).",
+        "1 when the store is open and takes writes and every stage runs (as /readyz).",
         if h.verdict().is_ok() { 1.0 } else { 0.0 },
     );
     t.by(
@@ -299,6 +300,22 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
         Counter,
         "Times ingest paused because the budget was used up, since start.",
         load(&i.full_pauses),
+    );
+    let writes = o.store.write_health();
+    t.one(
+        "vigil_store_write_errors_total",
+        Counter,
+        "Writes to the store that failed (a full disk, an I/O error), since start.",
+        writes.errors as f64,
+    );
+    t.one(
+        "vigil_store_write_failures_in_a_row",
+        Gauge,
+        &format!(
+            "Store writes that failed since the last one that worked: not ready from {STORE_FAILURES_NOT_READY}; after {} s of them vigil exits to reopen the store.",
+            STORE_FAILING_EXIT_AFTER.as_secs()
+        ),
+        writes.failing as f64,
     );
     if let Some(bytes) = p.disk_written_bytes {
         t.one(

@@ -208,26 +208,29 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
     .map(|p| s.n("vigil_store_used_bytes", &[("part", p)]))
     .sum();
     let budget = s.n("vigil_store_budget_bytes", &[]);
-    row(
-        &mut o,
-        "store",
-        format!(
-            "{} of {} budget ({:.0}%), {} on disk{}",
-            bytes(used),
-            bytes(budget),
-            if budget > 0.0 {
-                used / budget * 100.0
-            } else {
-                0.0
-            },
-            bytes(s.n("vigil_store_size_on_disk_bytes", &[])),
-            if s.n("vigil_store_full", &[]) > 0.0 {
-                "; FULL, ingest waits"
-            } else {
-                ""
-            }
-        ),
+    let mut store = format!(
+        "{} of {} budget ({:.0}%), {} on disk",
+        bytes(used),
+        bytes(budget),
+        if budget > 0.0 {
+            used / budget * 100.0
+        } else {
+            0.0
+        },
+        bytes(s.n("vigil_store_size_on_disk_bytes", &[])),
     );
+    if s.n("vigil_store_full", &[]) > 0.0 {
+        store.push_str("; FULL, ingest waits");
+    }
+    let failing = s.n("vigil_store_write_failures_in_a_row", &[]);
+    if failing > 0.0 {
+        let _ = write!(store, "; WRITES FAILING ({} in a row)", count(failing));
+    }
+    let errors = s.n("vigil_store_write_errors_total", &[]);
+    if errors > 0.0 {
+        let _ = write!(store, "; {} failed write(s) since start", count(errors));
+    }
+    row(&mut o, "store", store);
     let lane = |l: &str| {
         let n = s.n("vigil_outbox_entries", &[("lane", l)]);
         let age = s.n("vigil_outbox_oldest_age_seconds", &[("lane", l)]);
@@ -413,5 +416,28 @@ vigil_store_full 1
         );
         // Live-only lines are left out.
         assert!(!text.contains("local broker"), "{text}");
+        assert!(!text.contains("WRITES FAILING"), "{text}");
+    }
+
+    #[test]
+    fn summary_of_an_agent_whose_store_fails_writes() {
+        let text = format!(
+            "{TEXT}vigil_store_write_failures_in_a_row 4\nvigil_store_write_errors_total 5\n"
+        );
+        let text = summary(
+            &Samples::parse(&text),
+            &Origin::Agent {
+                url: "http://127.0.0.1:9898".into(),
+                ready: Err("the store has failed 4 writes in a row for 3 s (...)".into()),
+            },
+        );
+        assert!(
+            text.contains("running, NOT READY (the store has failed 4 writes in a row"),
+            "{text}"
+        );
+        assert!(
+            text.contains("; WRITES FAILING (4 in a row); 5 failed write(s) since start"),
+            "{text}"
+        );
     }
 }

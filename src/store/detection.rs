@@ -22,7 +22,7 @@ use sled::Transactional;
 use crate::model::{Aggregate, AlertEvent};
 
 use super::outbox::{encode_entry, Lane, OutboxEntry};
-use super::{finish, from_cbor, key, to_cbor, Store, StoreError, META_KEY};
+use super::{from_cbor, key, to_cbor, Store, StoreError, META_KEY};
 
 const CURSOR_KEY: &[u8] = b"\0cursor";
 /// Prefix of idle streams' states. Stream keys are topic-safe names, which
@@ -222,7 +222,7 @@ impl Store {
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        finish(result)?;
+        self.finish(result)?;
         *meta = next;
         Ok(())
     }

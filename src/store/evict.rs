@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use super::merge::merge;
 use super::outbox::{decode_entry, encode_entry, Claims, Lane, OutboxEntry, OutboxItem};
-use super::{finish, key, seq_of, to_cbor, Meta, Store, StoreError, META_KEY};
+use super::{key, seq_of, to_cbor, Meta, Store, StoreError, META_KEY};
 use crate::model::Aggregate;
 
 /// Most aggregates merged into one in one pass.
@@ -244,7 +244,7 @@ impl Store {
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        finish(result)
+        self.finish(result)
     }
 }
 

@@ -23,11 +23,13 @@
 mod codec;
 mod detection;
 mod evict;
+mod failure;
 mod merge;
 mod outbox;
 
 pub use detection::{DetectionCommit, IdleStream};
 pub use evict::Eviction;
+pub use failure::WriteHealth;
 pub use outbox::{Lane, OutboxEntry, OutboxItem};
 
 use std::collections::BTreeMap;
@@ -69,6 +71,11 @@ pub enum StoreError {
         what: &'static str,
         key: u64,
         detail: String,
+    },
+    #[error("cannot remove {}, a snapshot sled did not finish writing (sled would not open the store with it): {source}", path.display())]
+    UnfinishedSnapshot {
+        path: PathBuf,
+        source: std::io::Error,
     },
 }
 
@@ -198,6 +205,8 @@ struct Inner {
     meta: Mutex<Meta>,
     /// Outbox entries the forwarder holds (see `outbox.rs`).
     claims: Mutex<outbox::Claims>,
+    /// How writes went (see `failure.rs`). Taken after `meta`, never before.
+    writes: Mutex<WriteHealth>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +222,7 @@ fn key(seq: u64) -> [u8; 8] {
 }
 
 /// Our transactions never abort on their own; only storage errors remain.
-fn finish(result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
+fn transaction_result(result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
     match result {
         Ok(()) => Ok(()),
         Err(TransactionError::Storage(e)) => Err(e.into()),
@@ -359,6 +368,7 @@ impl Store {
     }
 
     fn open_with(path: &Path, limits: Limits) -> Result<Store, StoreError> {
+        failure::remove_unfinished_snapshots(path)?;
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
@@ -406,6 +416,7 @@ impl Store {
                 limits,
                 meta: Mutex::new(meta),
                 claims: Mutex::default(),
+                writes: Mutex::default(),
             }),
         })
     }
@@ -414,6 +425,37 @@ impl Store {
         // A poisoned lock means a writer panicked mid-update; the on-disk meta
         // is still consistent (transactions), so carry on with the copy we have.
         self.inner.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writes(&self) -> MutexGuard<'_, WriteHealth> {
+        self.inner.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How writes have gone since the store was opened.
+    pub fn write_health(&self) -> WriteHealth {
+        self.writes().clone()
+    }
+
+    /// Note a write that failed, then hand the result on. Every path that
+    /// writes to sled goes through here, `finish` or `sync`.
+    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.writes().record(&result, Instant::now());
+        }
+        result
+    }
+
+    /// The outcome of a transaction; a failure is noted.
+    fn finish(&self, result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
+        self.noted(transaction_result(result))
+    }
+
+    /// fsync. Only an fsync that worked ends a run of failed writes: a
+    /// transaction sled applied in memory says nothing about the disk.
+    fn sync(&self) -> Result<(), StoreError> {
+        let result = self.inner.db.flush().map(drop).map_err(StoreError::from);
+        self.writes().record(&result, Instant::now());
+        result
     }
 
     /// Bytes used by the readings log, the outbox, the dead letters and
@@ -514,14 +556,14 @@ impl Store {
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        finish(result)?;
+        self.finish(result)?;
         // The transaction is applied (readers see it) even if the flush below
         // fails, so the accounting must follow it now. A retried batch then
         // gets new sequence numbers: stored twice, never counted wrong.
         *meta = next;
         // Other writers need not wait for the fsync.
         drop(meta);
-        self.inner.db.flush()?;
+        self.sync()?;
         Ok(Commit::Stored {
             first_seq,
             count: batch.readings.len() as u64,
@@ -569,7 +611,7 @@ impl Store {
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        finish(result)?;
+        self.finish(result)?;
         let removed = next.counters.readings_trimmed - meta.counters.readings_trimmed;
         *meta = next;
         Ok(removed)
@@ -676,8 +718,7 @@ impl Store {
 
     /// Flush everything to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.sync()
     }
 }
 

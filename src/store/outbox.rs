@@ -202,11 +202,11 @@ impl Store {
                     Ok(next)
                 },
             );
-        let next = match result {
-            Ok(next) => next,
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-            Err(TransactionError::Abort(e)) => return Err(e),
-        };
+        let next = self.noted(match result {
+            Ok(next) => Ok(next),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(e)) => Err(e),
+        })?;
         *meta = next;
         drop(meta);
         let mut claims = self.claims();

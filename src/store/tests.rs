@@ -275,3 +275,21 @@ fn a_store_in_use_is_reported_as_locked_with_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn a_snapshot_left_unfinished_by_a_failed_write_does_not_stop_the_store_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), 1 << 30);
+        s.commit(&batch(0..100)).unwrap();
+    }
+    // What sled leaves when a snapshot write fails on a full disk: an empty
+    // file, named after an lsn above the last complete snapshot's.
+    std::fs::write(dir.path().join("snap.FFFFFFFFFFFFFFFF.generating"), b"").unwrap();
+    let s = open(dir.path(), 1 << 30);
+    assert_eq!(s.readings_from(0, usize::MAX).unwrap().len(), 100);
+    assert!(!dir.path().join("snap.FFFFFFFFFFFFFFFF.generating").exists());
+    assert_eq!(s.write_health(), WriteHealth::default());
+    s.commit(&batch(100..101)).unwrap();
+    assert_eq!(s.write_health().errors, 0);
+}

@@ -57,6 +57,14 @@ pub struct Broker {
     persistent: bool,
 }
 
+/// What a broker logs besides its defaults.
+#[derive(Clone, Copy, PartialEq)]
+enum BrokerLog {
+    Default,
+    /// Every packet, with its packet id (`log_type all`).
+    Packets,
+}
+
 /// A persistent broker that was stopped: its ports and its database, to
 /// start it again as it was (`start`).
 pub struct StoppedBroker {
@@ -78,7 +86,29 @@ impl Broker {
     /// Start on a given port (to bring a broker back where vigil expects it).
     pub fn start_on(port: u16, tls: Option<BrokerTls>) -> Broker {
         let tls_port = tls.as_ref().map(|_| free_port());
-        Self::launch(tempfile::tempdir().unwrap(), port, tls_port, tls, false)
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            port,
+            tls_port,
+            tls,
+            false,
+            BrokerLog::Default,
+        )
+    }
+
+    /// A broker whose log shows every packet it sends and receives, with
+    /// its packet id: `Sending PUBLISH to CLIENT (d0, q1, r0, m7, 'TOPIC', ...`
+    /// and `Received PUBACK from CLIENT (Mid: 7, RC:0)` tell which messages a
+    /// client acknowledged.
+    pub fn start_logging_packets() -> Broker {
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            None,
+            None,
+            false,
+            BrokerLog::Packets,
+        )
     }
 
     /// A broker that keeps sessions, their subscriptions and queued messages
@@ -91,6 +121,7 @@ impl Broker {
             tls_port,
             tls,
             true,
+            BrokerLog::Default,
         )
     }
 
@@ -100,10 +131,14 @@ impl Broker {
         tls_port: Option<u16>,
         tls: Option<BrokerTls>,
         persistent: bool,
+        log: BrokerLog,
     ) -> Broker {
         // Unlimited queue for offline persistent sessions (the default 1000
         // would drop messages while vigil is killed), and a wide in-flight window.
         let mut conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\n");
+        if log == BrokerLog::Packets {
+            conf.push_str("log_type all\n");
+        }
         if persistent {
             // Mosquitto, started as root, drops to its own user before it
             // writes the database (on a clean stop).
@@ -181,7 +216,14 @@ impl Broker {
 impl StoppedBroker {
     /// Start the broker again on the same ports with the same database.
     pub fn start(self) -> Broker {
-        Broker::launch(self.dir, self.port, self.tls_port, self.tls, true)
+        Broker::launch(
+            self.dir,
+            self.port,
+            self.tls_port,
+            self.tls,
+            true,
+            BrokerLog::Default,
+        )
     }
 }
 
@@ -406,6 +448,22 @@ impl VigilProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Wait for vigil to exit by itself; panic after `PATIENCE`.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "vigil did not exit by itself; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
