@@ -14,6 +14,7 @@ mod forward;
 mod forward_budget;
 mod fuzz;
 mod ops;
+mod oversized;
 mod package;
 mod quality;
 mod reconnect;
