@@ -156,6 +156,7 @@ pub async fn run(task: Task) {
                             broker = %addr,
                             packet_bytes = size,
                             limit_bytes = oversized::packet_limit(broker.max_payload_bytes),
+                            max_payload_bytes = broker.max_payload_bytes,
                             suppressed = held,
                             "refused a packet over the limit (broker.max_payload_bytes plus topic and header) unread; \
                              taking it off vigil's session, then reconnecting (Mosquitto's message_size_limit stops such payloads at the broker)"
