@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, Transport};
+use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, StateError, Transport};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
@@ -38,12 +38,21 @@ enum Failure {
     Credentials,
     Tls,
     Network,
+    /// vigil refused an incoming packet for its size (the caller says more).
+    TooLarge,
 }
 
 impl Failure {
     fn of(e: &ConnectionError) -> Failure {
         let msg = e.to_string();
         if matches!(
+            e,
+            ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::Error::PayloadSizeLimitExceeded(_)
+            ))
+        ) {
+            Failure::TooLarge
+        } else if matches!(
             e,
             ConnectionError::ConnectionRefused(
                 ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
@@ -145,6 +154,9 @@ impl Link {
                     }
                     Failure::Network => {
                         warn!(broker = %addr, error = %e, "{role} broker unreachable; retrying with backoff")
+                    }
+                    Failure::TooLarge => {
+                        debug!(broker = %addr, error = %e, "{role} connection dropped on an oversized packet; reconnecting")
                     }
                 }
                 let since = match self.state {

@@ -356,24 +356,21 @@ async fn stop_signal() {
     }
 }
 
+/// The store of a stopped agent, for reading: a copy in the temporary
+/// directory, so that nothing in the store is created or changed (run as
+/// root, that would leave root-owned files in the service's store).
 fn open_store(config: &Config) -> anyhow::Result<Store> {
-    // Opening creates a store; inspecting a path with none would leave an empty one behind.
-    if !config.store.path.exists() {
-        anyhow::bail!(
-            "no store at {} (has `vigil run` used this configuration yet?)",
+    Store::open_copy(&config.store, &std::env::temp_dir()).map_err(|e| match e {
+        vigil::store::StoreError::Locked { .. } => {
+            anyhow::anyhow!("{e} (`inspect` reads the store of a stopped agent)")
+        }
+        vigil::store::StoreError::Missing { .. } | vigil::store::StoreError::Copy { .. } => {
+            anyhow::anyhow!("{e}")
+        }
+        e => anyhow::anyhow!(
+            "cannot open the store at {}: {e}",
             config.store.path.display()
-        );
-    }
-    Store::open(&config.store).map_err(|e| {
-        let hint = if matches!(e, vigil::store::StoreError::Locked { .. }) {
-            " (`inspect` reads the store of a stopped agent)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!(
-            "cannot open the store at {}: {e}{hint}",
-            config.store.path.display()
-        )
+        ),
     })
 }
 

@@ -1,6 +1,8 @@
 //! The command line: check-config, inspect, and a clean stop on SIGTERM.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::support::{publish_blocking, vigil_cmd, Broker, Msg, Options, Setup, VigilProcess};
 
@@ -101,6 +103,93 @@ fn inspect_without_a_store_says_so_and_creates_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at"));
     assert!(!setup.dir.path().join("store").exists());
+}
+
+/// Every file and directory under `dir`: size and modification time.
+fn files_of(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path.clone());
+            }
+            out.insert(path, (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out
+}
+
+/// `inspect` and `status` (of a stopped agent) read the store without
+/// writing to it: run as root, a write would leave root-owned files in the
+/// service's store. They read a copy in the temporary directory, removed
+/// afterwards.
+#[test]
+fn inspect_and_status_leave_the_store_as_it_was() {
+    let broker = Broker::start();
+    let setup = Setup::new(&Options::new(broker.port));
+    let vigil = VigilProcess::start(&setup);
+    vigil.wait_for_log("subscribed", 1);
+    publish_blocking(
+        broker.port,
+        vec![
+            Msg::new("plant/l1/pump-3/temperature", "40.5"),
+            Msg::new("plant/l1/pump-3/temperature", "oops"),
+        ],
+    );
+    vigil.wait_for_log("batch committed", 1);
+    assert!(vigil.terminate().success());
+
+    let store = setup.dir.path().join("store");
+    let before = files_of(&store);
+    assert!(before.len() > 1, "{before:#?}");
+    let tmp = tempfile::tempdir().unwrap();
+    for what in ["readings", "dead-letters", "alerts", "aggregates", "stats"] {
+        let out = vigil_cmd()
+            .args(["inspect", "--config"])
+            .arg(&setup.config)
+            .arg(what)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inspect {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if what == "readings" {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("40.5"));
+        }
+    }
+    let out = vigil_cmd()
+        .args(["status", "--config"])
+        .arg(&setup.config)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 stored, 1 rejected"));
+    assert_eq!(files_of(&store), before, "the store changed");
+    assert_eq!(files_of(tmp.path()).len(), 0, "a copy was left behind");
+
+    // A directory without a store in it is not made one.
+    let empty = setup.dir.path().join("store");
+    std::fs::remove_dir_all(&empty).unwrap();
+    std::fs::create_dir(&empty).unwrap();
+    let out = setup.inspect_output("stats", 1);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store at"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files_of(&empty).len(), 0, "inspect created files");
 }
 
 #[test]

@@ -16,6 +16,8 @@ mod forward;
 mod forward_budget;
 mod fuzz;
 mod ops;
+mod oversized;
+mod package;
 mod quality;
 mod reconnect;
 mod reload;

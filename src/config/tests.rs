@@ -267,6 +267,24 @@ fn unreadable_main_file_is_reported() {
     assert!(errors[0].message.contains("cannot read"));
 }
 
+/// Names are filled in one pass over the template: a device named `{metric}`
+/// (or a gateway named `{device}`) is text, not a placeholder to fill again.
+#[test]
+fn upstream_topics_keep_names_that_look_like_placeholders() {
+    let text =
+        format!("{GOOD}\n[upstream]\nhost = \"cloud.example\"\n").replace("gw-1", "{device}");
+    let (_dir, path) = setup(&text, &[]);
+    let up = load(&path).unwrap().upstream.unwrap();
+    assert_eq!(
+        up.alert_topic.render("{metric}", "{device}"),
+        "vigil/{device}/alerts/{metric}/{device}"
+    );
+    assert_eq!(
+        up.aggregate_topic.render("pump-7", "temp"),
+        "vigil/{device}/aggregates/pump-7/temp"
+    );
+}
+
 #[test]
 fn upstream_defaults_and_every_error_with_its_line() {
     let good = format!("{GOOD}\n[upstream]\nhost = \"cloud.example\"\n");

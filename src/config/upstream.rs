@@ -35,15 +35,30 @@ pub enum Encoding {
 }
 
 /// A topic with `{device}` and `{metric}` left to fill; `{prefix}` and
-/// `{gateway}` are filled when the config is loaded.
+/// `{gateway}` are filled when the config is loaded. The template is parsed
+/// once, so filling is one pass: a name that looks like a placeholder (a
+/// device called `{metric}`) is copied as it is, never filled again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutTopic(String);
+pub struct OutTopic(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Device,
+    Metric,
+}
 
 impl OutTopic {
     pub fn render(&self, device: &str, metric: &str) -> String {
-        self.0
-            .replace("{device}", device)
-            .replace("{metric}", metric)
+        let mut out = String::new();
+        for part in &self.0 {
+            out.push_str(match part {
+                Part::Text(t) => t,
+                Part::Device => device,
+                Part::Metric => metric,
+            });
+        }
+        out
     }
 }
 
@@ -74,43 +89,65 @@ const DEFAULT_ALERT_TOPIC: &str = "{prefix}/{gateway}/alerts/{device}/{metric}";
 const DEFAULT_AGGREGATE_TOPIC: &str = "{prefix}/{gateway}/aggregates/{device}/{metric}";
 const DEFAULT_STATUS_TOPIC: &str = "{prefix}/{gateway}/status";
 
-/// Fill `{prefix}` and `{gateway}`, and check that what is left is a topic
-/// name (no wildcards) whose only other placeholders are in `per_message`.
+/// Parse a topic template in one pass: `{prefix}` and `{gateway}` become
+/// text, the placeholders in `per_message` are left to fill, any other is an
+/// error; what is left must be a topic name (no wildcards).
 fn topic(
     template: &str,
     prefix: &str,
     gateway: &str,
     per_message: &[&str],
-) -> Result<String, String> {
-    let filled = template
-        .replace("{prefix}", prefix)
-        .replace("{gateway}", gateway);
-    let mut rest = filled.as_str();
+) -> Result<OutTopic, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = template;
     while let Some(open) = rest.find('{') {
+        text.push_str(&rest[..open]);
         let close = rest[open..].find('}').map(|c| open + c).ok_or_else(|| {
             format!("{template:?} has an unclosed `{{`; placeholders are written {{name}}")
         })?;
         let name = &rest[open + 1..close];
-        if !per_message.contains(&name) {
-            let mut known = vec!["prefix", "gateway"];
-            known.extend_from_slice(per_message);
-            return Err(format!(
-                "{template:?} has an unknown placeholder {{{name}}}; expected one of {}",
-                known
-                    .iter()
-                    .map(|k| format!("{{{k}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        let part = match name {
+            "prefix" => Part::Text(prefix.to_string()),
+            "gateway" => Part::Text(gateway.to_string()),
+            "device" if per_message.contains(&name) => Part::Device,
+            "metric" if per_message.contains(&name) => Part::Metric,
+            _ => {
+                let mut known = vec!["prefix", "gateway"];
+                known.extend_from_slice(per_message);
+                return Err(format!(
+                    "{template:?} has an unknown placeholder {{{name}}}; expected one of {}",
+                    known
+                        .iter()
+                        .map(|k| format!("{{{k}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        };
+        match part {
+            Part::Text(t) => text.push_str(&t),
+            other => {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+                parts.push(other);
+            }
         }
         rest = &rest[close + 1..];
     }
-    if filled.is_empty() || filled.contains(['+', '#', '\0']) {
+    text.push_str(rest);
+    parts.push(Part::Text(text));
+    parts.retain(|p| *p != Part::Text(String::new()));
+    let literal = |p: &Part| match p {
+        Part::Text(t) => t.contains(['+', '#', '\0']),
+        _ => false,
+    };
+    if parts.is_empty() || parts.iter().any(literal) {
+        let filled = OutTopic(parts).render("{device}", "{metric}");
         return Err(format!(
             "{template:?} gives {filled:?}, which is not an MQTT topic name (empty, or with a wildcard)"
         ));
     }
-    Ok(filled)
+    Ok(OutTopic(parts))
 }
 
 pub(super) fn validate(
@@ -154,7 +191,7 @@ pub(super) fn validate(
             Ok(t) => t,
             Err(e) => {
                 errors.push(src.at(&format!("upstream.{key}"), e));
-                String::new()
+                OutTopic(Vec::new())
             }
         }
     };
@@ -171,7 +208,9 @@ pub(super) fn validate(
         DEFAULT_AGGREGATE_TOPIC,
         &per_stream,
     );
-    let status_topic = topic_of("status_topic", raw.status_topic, DEFAULT_STATUS_TOPIC, &[]);
+    // No per-message placeholders: rendering only joins the text.
+    let status_topic =
+        topic_of("status_topic", raw.status_topic, DEFAULT_STATUS_TOPIC, &[]).render("", "");
     let encoding = match raw.encoding.as_deref().unwrap_or("json") {
         "json" => Encoding::Json,
         "cbor" => Encoding::Cbor,
@@ -202,8 +241,8 @@ pub(super) fn validate(
     }
     Some(UpstreamConfig {
         connection: connection?,
-        alert_topic: OutTopic(alert_topic),
-        aggregate_topic: OutTopic(aggregate_topic),
+        alert_topic,
+        aggregate_topic,
         status_topic,
         encoding,
         max_inflight: max_inflight as u16,
@@ -225,9 +264,12 @@ mod tests {
             &["device", "metric"],
         )
         .unwrap();
-        assert_eq!(t, "acme/plant1/gw-1/alerts/{device}/{metric}");
         assert_eq!(
-            OutTopic(t).render("pump-7", "temp"),
+            t.render("{device}", "{metric}"),
+            "acme/plant1/gw-1/alerts/{device}/{metric}"
+        );
+        assert_eq!(
+            t.render("pump-7", "temp"),
             "acme/plant1/gw-1/alerts/pump-7/temp"
         );
         let e = topic("{prefix}/{site}/x", "p", "g", &["device"]).unwrap_err();

@@ -1,9 +1,10 @@
 //! Spectral features of one waveform block: acceleration samples in; broadband
 //! velocity RMS (ISO 10816), band RMS and bearing envelope amplitudes out.
 //!
-//! Plain maths on a slice: no I/O, no clock. One `Spectrum` per stream keeps
-//! the FFT plans and buffers, so equal-length blocks allocate nothing after
-//! the first (apart from the returned `bands` vector).
+//! Plain maths on a slice: no I/O, no clock. A `Spectrum` keeps the FFT plans
+//! of the last few block lengths and one set of buffers, so equal-length
+//! blocks allocate nothing after the first (apart from the returned `bands`
+//! vector).
 
 use std::f64::consts::PI;
 use std::sync::Arc;
@@ -24,14 +25,26 @@ const HANN_COHERENT_GAIN: f64 = 0.5;
 /// A defect peak is searched within ±max(this many bins, fraction × f_d).
 const SEARCH_MIN_BINS: f64 = 2.0;
 const SEARCH_FRACTION: f64 = 0.015;
+/// FFT plans kept, one per block length, least recently used out first.
+///
+/// Block lengths come from the payloads, so a sender can make every block a
+/// new length; a plan per length ever seen (rustfft's planner caches them
+/// all) grew without bound. Each length keeps its own exact plan rather than
+/// being padded to one of a few fixed sizes: padding would move the bins
+/// (`bin_hz` = rate / padded length) and spread the Hann window's leakage,
+/// changing every spectral feature of blocks that are not already a padded
+/// size. A real sensor sends one or a few lengths, which stay cached; a
+/// plan that was evicted is simply made again (rustfft picks the same
+/// algorithm for a length every time, so the features are identical).
+const PLAN_CACHE_LEN: usize = 8;
 
-/// Reusable analyser: caches FFT plans and scratch buffers per block length,
-/// so a stream of equal-length blocks allocates nothing after the first.
+/// Reusable analyser: caches FFT plans for the last [`PLAN_CACHE_LEN`] block
+/// lengths and scratch buffers for the current one, so a stream of
+/// equal-length blocks allocates nothing after the first.
 pub struct Spectrum {
-    /// Caches plans for every length seen, so alternating lengths do not re-plan.
-    planner: RealFftPlanner<f64>,
-    /// Plans for the current block length; buffers are sized for it.
-    plans: Option<Plans>,
+    /// Plans by block length, most recently used last; the last one is the
+    /// current length, which the buffers are sized for.
+    plans: Vec<Plans>,
     /// Real time-domain buffers of one block (FFT inputs are clobbered).
     time: Vec<f64>,
     quad: Vec<f64>,
@@ -86,7 +99,7 @@ impl Default for Spectrum {
 
 impl std::fmt::Debug for Spectrum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.plans.as_ref().map_or(0, |p| p.len);
+        let len = self.plans.last().map_or(0, |p| p.len);
         f.debug_struct("Spectrum").field("block_len", &len).finish()
     }
 }
@@ -94,14 +107,18 @@ impl std::fmt::Debug for Spectrum {
 impl Spectrum {
     pub fn new() -> Spectrum {
         Spectrum {
-            planner: RealFftPlanner::new(),
-            plans: None,
+            plans: Vec::with_capacity(PLAN_CACHE_LEN),
             time: Vec::new(),
             quad: Vec::new(),
             spec: Vec::new(),
             work: Vec::new(),
             scratch: Vec::new(),
         }
+    }
+
+    /// Block lengths whose FFT plans are cached (at most [`PLAN_CACHE_LEN`]).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.len()
     }
 
     /// Features of one block of acceleration samples (in settings.input_unit)
@@ -180,15 +197,27 @@ impl Spectrum {
     }
 
     /// Plans and buffers for blocks of `n` samples; allocates only when `n`
-    /// is new or larger than any before.
+    /// has no cached plan or is larger than any block before.
     fn prepare(&mut self, n: usize) -> Plans {
-        if let Some(plans) = self.plans.as_ref().filter(|p| p.len == n) {
+        if let Some(plans) = self.plans.last().filter(|p| p.len == n) {
             return plans.clone();
         }
-        let plans = Plans {
-            len: n,
-            forward: self.planner.plan_fft_forward(n),
-            inverse: self.planner.plan_fft_inverse(n),
+        let plans = match self.plans.iter().position(|p| p.len == n) {
+            Some(i) => self.plans.remove(i),
+            None => {
+                if self.plans.len() == PLAN_CACHE_LEN {
+                    self.plans.remove(0);
+                }
+                // A planner of its own, dropped here: the shared planner kept
+                // every length it had planned. Forward and inverse share
+                // its inner complex FFT.
+                let mut planner = RealFftPlanner::new();
+                Plans {
+                    len: n,
+                    forward: planner.plan_fft_forward(n),
+                    inverse: planner.plan_fft_inverse(n),
+                }
+            }
         };
         let zero = Complex::new(0.0, 0.0);
         let scratch = plans
@@ -200,7 +229,7 @@ impl Spectrum {
         self.spec.resize(n / 2 + 1, zero);
         self.work.resize(n / 2 + 1, zero);
         self.scratch.resize(scratch, zero);
-        self.plans = Some(plans.clone());
+        self.plans.push(plans.clone());
         plans
     }
 
@@ -601,5 +630,35 @@ mod tests {
         assert_eq!(Spectrum::new().analyze(&x, FS, &set), first);
         assert_eq!(s.analyze(&x[..6_000], FS, &set), short);
         assert!(first.velocity_rms_mm_s > 0.0 && first.envelope.unwrap()[0] > 0.0);
+    }
+
+    /// Every block length is a new FFT plan; a stream of ever-changing
+    /// lengths (untrusted input) must not keep a plan for each of them, and
+    /// a length planned again after eviction gives the same features.
+    #[test]
+    fn plan_cache_stays_bounded_and_replanning_changes_no_feature() {
+        let mut noise = Noise(3);
+        let x: Vec<f32> = (0..2_100).map(|_| noise.gauss() as f32).collect();
+        let set = WaveformSettings {
+            bands: vec![Band {
+                name: "b".into(),
+                from_hz: 500.0,
+                to_hz: 3000.0,
+            }],
+            ..with_bearing()
+        };
+        let mut s = Spectrum::new();
+        let first = s.analyze(&x[..1_000], FS, &set);
+        for n in 1_001..=2_000 {
+            s.analyze(&x[..n], FS, &set);
+            assert!(
+                s.cached_plans() <= PLAN_CACHE_LEN,
+                "{} plans cached after length {n}",
+                s.cached_plans()
+            );
+        }
+        assert_eq!(s.analyze(&x[..1_000], FS, &set), first);
+        assert_eq!(Spectrum::new().analyze(&x[..1_000], FS, &set), first);
+        assert!(first.velocity_rms_mm_s > 0.0 && first.bands[0] > 0.0);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod decode;
 mod mqtt;
+mod oversized;
 mod ratelimit;
 pub mod route;
 mod writer;
@@ -96,6 +97,9 @@ pub struct IngestMetrics {
     /// The broker accepted every subscription (since the last connect).
     pub subscribed: AtomicBool,
     pub reconnects: AtomicU64,
+    /// Packets refused for their size (over broker.max_payload_bytes plus
+    /// the largest topic and header), each of which broke the connection.
+    pub oversized_packets: AtomicU64,
 }
 
 impl IngestMetrics {

@@ -10,8 +10,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubscribeRea
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use super::oversized::{self, Drain, Drained};
 use super::ratelimit::RateLimit;
-use super::route::{clock_is_set, route, Limits, Outcome, CLOCK_FLOOR_MS};
+use super::route::{self, clock_is_set, route, Limits, Outcome, CLOCK_FLOOR_MS};
 use super::{AckToken, Inbound, IngestMetrics, MemoryBudget, MEMORY_BUDGET_BYTES};
 use crate::config::{BrokerConfig, DeviceRegistry, Subscription};
 use crate::link::Link;
@@ -27,8 +28,6 @@ pub enum MqttError {
     Tls(String),
 }
 
-/// Largest packet MQTT can express (variable byte integer, four bytes).
-const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Acks and subscriptions waiting for the event loop. The writer never waits
 /// for room here (it keeps acks that do not fit and retries).
 const REQUEST_CAPACITY: usize = 4096;
@@ -39,11 +38,11 @@ pub fn connect(broker: &BrokerConfig) -> Result<(AsyncClient, EventLoop), MqttEr
     // Persistent session: the broker queues QoS 1 messages while vigil is down.
     opts.set_clean_session(false)
         .set_manual_acks(true)
-        // Accept any packet MQTT allows: a payload over our own limit must reach
-        // `route` to be dead-lettered. Refusing it here would break the
-        // connection and the broker would redeliver it forever. (The broker's
-        // `message_size_limit` is what bounds the memory one packet can take.)
-        .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20);
+        // A packet over the limit is refused from its header, before it is
+        // buffered; it breaks the connection, and `run` takes it off the
+        // session (`oversized.rs`). Within the limit, a payload over
+        // max_payload_bytes reaches `route` and is dead-lettered.
+        .set_max_packet_size(oversized::packet_limit(broker.max_payload_bytes), 1 << 20);
     opts.set_request_channel_capacity(REQUEST_CAPACITY);
     Ok(AsyncClient::new(opts, REQUEST_CAPACITY))
 }
@@ -67,6 +66,38 @@ pub struct Task {
     pub health: Arc<Health>,
 }
 
+/// What routing a publish needs besides the subscriptions: limits from the
+/// configuration and, with `detect.devices_known_only`, the device files.
+struct Rules {
+    max_payload_bytes: usize,
+    max_future_skew_ms: EpochMs,
+    known_devices: Option<watch::Receiver<DeviceRegistry>>,
+    clock_unset_logged: bool,
+}
+
+impl Rules {
+    /// Route a publish received now.
+    fn route(&mut self, subscriptions: &[Subscription], topic: &str, payload: &[u8]) -> Outcome {
+        let now = wall_ms();
+        if !clock_is_set(now) && !self.clock_unset_logged {
+            self.clock_unset_logged = true;
+            warn!(
+                clock = %crate::model::rfc3339(now),
+                "the gateway's clock is not set (before {}): sensors' event times cannot be checked against it until it is; check NTP",
+                crate::model::rfc3339(CLOCK_FLOOR_MS)
+            );
+        }
+        // Held only while routing, which does not wait.
+        let registry = self.known_devices.as_ref().map(|rx| rx.borrow());
+        let limits = Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future_skew_ms: self.max_future_skew_ms,
+            known_devices: registry.as_deref(),
+        };
+        route(subscriptions, limits, topic, payload, now)
+    }
+}
+
 /// Run until shutdown. Never returns early on connection errors: it retries forever.
 pub async fn run(task: Task) {
     let Task {
@@ -85,8 +116,19 @@ pub async fn run(task: Task) {
     } = task;
     let mut link = Link::new("local", "broker", &broker);
     let addr = link.addr().to_string();
-    let mut warnings = RateLimit::new(Duration::from_secs(10));
-    let mut clock_unset_logged = false;
+    let mut handoff = Handoff {
+        inbound_tx,
+        budget,
+        metrics: metrics.clone(),
+        warnings: RateLimit::new(Duration::from_secs(10)),
+    };
+    let mut refusals = RateLimit::new(Duration::from_secs(10));
+    let mut rules = Rules {
+        max_payload_bytes: broker.max_payload_bytes,
+        max_future_skew_ms,
+        known_devices,
+        clock_unset_logged: false,
+    };
     info!(broker = %addr, client_id = %broker.client_id, "connecting to the local broker");
 
     'run: loop {
@@ -129,62 +171,51 @@ pub async fn run(task: Task) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                metrics.messages.fetch_add(1, Ordering::Relaxed);
                 let busy = health.busy(Stage::Ingest);
-                let now = wall_ms();
-                if !clock_is_set(now) && !clock_unset_logged {
-                    clock_unset_logged = true;
-                    warn!(
-                        clock = %crate::model::rfc3339(now),
-                        "the gateway's clock is not set (before {}): sensors' event times cannot be checked against it until it is; check NTP",
-                        crate::model::rfc3339(CLOCK_FLOOR_MS)
-                    );
-                }
-                let outcome = {
-                    // Held only while routing, which does not wait.
-                    let registry = known_devices.as_ref().map(|rx| rx.borrow());
-                    let limits = Limits {
-                        max_payload_bytes: broker.max_payload_bytes,
-                        max_future_skew_ms,
-                        known_devices: registry.as_deref(),
-                    };
-                    route(&subscriptions, limits, &p.topic, &p.payload, now)
-                };
-                if let Outcome::Rejected(dl) = &outcome {
-                    metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                    warn_rejected(&mut warnings, dl.reason, &dl.topic, &dl.detail);
-                }
-                let bytes = match &outcome {
-                    Outcome::Readings(rs) => rs.iter().map(|r| r.approx_bytes()).sum(),
-                    Outcome::Rejected(dl) => dl.payload.len() + dl.detail.len() + dl.topic.len(),
-                };
+                let outcome = rules.route(&subscriptions, &p.topic, &p.payload);
                 let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken {
                     connection: metrics.connection.load(Ordering::Relaxed),
                     pkid: p.pkid,
                 });
                 drop(p);
                 drop(busy);
-                // Waiting here is the backpressure: no more reads from the socket.
-                let memory = tokio::select! {
-                    permit = budget.acquire(bytes, MEMORY_BUDGET_BYTES) => permit,
-                    _ = shutdown.changed() => break 'run,
-                };
-                metrics.set_held(&budget);
-                let inbound = Inbound {
-                    outcome,
-                    ack,
-                    memory,
-                };
-                tokio::select! {
-                    sent = inbound_tx.send(inbound) => if sent.is_err() { break 'run },
-                    _ = shutdown.changed() => break 'run,
+                if handoff.send(outcome, ack, &mut shutdown).await.is_err() {
+                    break 'run;
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 metrics.connected.store(false, Ordering::Relaxed);
                 metrics.subscribed.store(false, Ordering::Relaxed);
-                let delay = link.down(&e);
+                let mut delay = link.down(&e);
+                if let Some(size) = oversized::refused_size(&e) {
+                    metrics.oversized_packets.fetch_add(1, Ordering::Relaxed);
+                    if let Some(held) = refusals.check((), Instant::now()) {
+                        warn!(
+                            broker = %addr,
+                            packet_bytes = size,
+                            limit_bytes = oversized::packet_limit(broker.max_payload_bytes),
+                            max_payload_bytes = broker.max_payload_bytes,
+                            suppressed = held,
+                            "refused a packet over the limit (broker.max_payload_bytes plus topic and header) unread; \
+                             taking it off vigil's session, then reconnecting (Mosquitto's message_size_limit stops such payloads at the broker)"
+                        );
+                    }
+                    match drain(
+                        &broker,
+                        &subscriptions,
+                        &mut rules,
+                        &mut handoff,
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        Ok(0) => {}
+                        // It is gone from the session: no reason to wait.
+                        Ok(_) => delay = Duration::ZERO,
+                        Err(Stopped) => break 'run,
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break 'run,
@@ -195,7 +226,7 @@ pub async fn run(task: Task) {
 
     // Shutdown: stop handing messages over, but keep the connection serviced
     // until the writer's last acks are sent, then disconnect cleanly.
-    drop(inbound_tx);
+    drop(handoff);
     let drain = async {
         let mut writer_done = writer_done;
         if link.is_up() {
@@ -221,6 +252,107 @@ pub async fn run(task: Task) {
     }
     metrics.connected.store(false, Ordering::Relaxed);
     info!(broker = %addr, "disconnected from the local broker");
+}
+
+/// Hands messages to the writer; each holds its share of the memory budget
+/// until its batch is committed.
+struct Handoff {
+    inbound_tx: mpsc::Sender<Inbound>,
+    budget: MemoryBudget,
+    metrics: Arc<IngestMetrics>,
+    warnings: RateLimit<Reason>,
+}
+
+/// Shutdown began, or the writer is gone.
+struct Stopped;
+
+impl Handoff {
+    /// Count one message and hand it over. Waiting here for memory or for
+    /// room in the queue is the backpressure: nothing more is read from the
+    /// broker meanwhile.
+    async fn send(
+        &mut self,
+        outcome: Outcome,
+        ack: Option<AckToken>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let metrics = &self.metrics;
+        metrics.messages.fetch_add(1, Ordering::Relaxed);
+        if let Outcome::Rejected(dl) = &outcome {
+            metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            warn_rejected(&mut self.warnings, dl.reason, &dl.topic, &dl.detail);
+        }
+        let bytes = match &outcome {
+            Outcome::Readings(rs) => rs.iter().map(|r| r.approx_bytes()).sum(),
+            Outcome::Rejected(dl) => dl.payload.len() + dl.detail.len() + dl.topic.len(),
+        };
+        let memory = tokio::select! {
+            permit = self.budget.acquire(bytes, MEMORY_BUDGET_BYTES) => permit,
+            _ = shutdown.changed() => return Err(Stopped),
+        };
+        metrics.set_held(&self.budget);
+        let inbound = Inbound {
+            outcome,
+            ack,
+            memory,
+        };
+        tokio::select! {
+            sent = self.inbound_tx.send(inbound) => sent.map_err(|_| Stopped),
+            _ = shutdown.changed() => Err(Stopped),
+        }
+    }
+}
+
+/// Take the session's redeliveries off the wire (`oversized.rs`) and hand
+/// over what they hold. Returns how many oversized messages were removed;
+/// a failure is logged, and the next refusal tries again.
+async fn drain(
+    broker: &BrokerConfig,
+    subscriptions: &[Subscription],
+    rules: &mut Rules,
+    handoff: &mut Handoff,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<usize, Stopped> {
+    let mut removed = 0;
+    let connected = tokio::select! {
+        d = Drain::connect(broker) => d,
+        _ = shutdown.changed() => return Err(Stopped),
+    };
+    let result = match connected {
+        Ok(mut drain) => loop {
+            let next = tokio::select! {
+                next = drain.next() => next,
+                _ = shutdown.changed() => return Err(Stopped),
+            };
+            let outcome = match next {
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+                Ok(Some(Drained::TooLarge { topic, head, len })) => {
+                    removed += 1;
+                    Outcome::Rejected(route::too_large(
+                        topic,
+                        head,
+                        len,
+                        broker.max_payload_bytes,
+                        wall_ms(),
+                    ))
+                }
+                Ok(Some(Drained::Message { topic, payload })) => {
+                    rules.route(subscriptions, &topic, &payload)
+                }
+            };
+            // QoS 0, or acknowledged already (oversized): no ack to send.
+            handoff.send(outcome, None, shutdown).await?;
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => info!(removed, "took the redelivered messages off the session"),
+        Err(e) => {
+            warn!(error = %e, removed, "cannot take the redelivered messages off the session; the broker may send an oversized one again")
+        }
+    }
+    Ok(removed)
 }
 
 fn warn_rejected(limiter: &mut RateLimit<Reason>, reason: Reason, topic: &str, detail: &str) {

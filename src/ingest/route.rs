@@ -68,6 +68,29 @@ pub fn route(
     }
 }
 
+/// The dead letter of a payload too large to read whole (`oversized.rs`):
+/// its topic, the first bytes of it that were kept, and its size.
+pub fn too_large(
+    topic: String,
+    head: Vec<u8>,
+    payload_len: usize,
+    max_payload_bytes: usize,
+    received_ms: EpochMs,
+) -> DeadLetter {
+    DeadLetter {
+        topic,
+        payload: head,
+        payload_len,
+        reason: Reason::TooLarge,
+        detail: too_large_detail(payload_len, max_payload_bytes),
+        received_ms,
+    }
+}
+
+fn too_large_detail(payload_len: usize, max_payload_bytes: usize) -> String {
+    format!("payload of {payload_len} bytes exceeds broker.max_payload_bytes ({max_payload_bytes})")
+}
+
 fn try_route(
     subscriptions: &[Subscription],
     limits: Limits<'_>,
@@ -79,10 +102,7 @@ fn try_route(
     if payload.len() > max_payload_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!(
-                "payload of {} bytes exceeds broker.max_payload_bytes ({max_payload_bytes})",
-                payload.len()
-            ),
+            too_large_detail(payload.len(), max_payload_bytes),
         ));
     }
     // The first subscription whose filter matches and whose template fits.

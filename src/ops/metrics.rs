@@ -221,6 +221,12 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
             .map(|r| (r.as_str(), c.rejected.get(r).copied().unwrap_or(0) as f64)),
     );
     t.one(
+        "vigil_mqtt_packets_too_large_total",
+        Counter,
+        "Packets from the local broker refused unread for their size (over broker.max_payload_bytes plus topic and header), since start; each broke the connection.",
+        load(&i.oversized_packets),
+    );
+    t.one(
         "vigil_readings_late_total",
         Counter,
         "Readings that arrived after their window closed (counted, not used).",

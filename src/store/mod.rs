@@ -21,6 +21,7 @@
 //! `evict.rs`).
 
 mod codec;
+mod copy;
 mod detection;
 mod evict;
 mod failure;
@@ -60,6 +61,14 @@ const META_KEY: &[u8] = b"meta";
 pub enum StoreError {
     #[error("store {} is locked by another process (is another vigil running with it?)", path.display())]
     Locked { path: PathBuf },
+    #[error("no store at {} (has `vigil run` used this configuration yet?)", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot copy the store {} to {} to read it: {source}", from.display(), to.display())]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store I/O failed: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot encode {what}: {detail}")]
@@ -207,6 +216,9 @@ struct Inner {
     claims: Mutex<outbox::Claims>,
     /// How writes went (see `failure.rs`). Taken after `meta`, never before.
     writes: Mutex<WriteHealth>,
+    /// The directory of a copy opened for reading (`open_copy`), removed
+    /// after everything above it is dropped (fields drop in order).
+    _copy: Option<copy::CopyDir>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -338,15 +350,27 @@ fn is_lock_error(e: &sled::Error) -> bool {
 impl Store {
     /// Open (or create) the store at `config.path`.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        Self::open_with(
-            &config.path,
-            Limits {
-                budget_bytes: config.budget_bytes,
-                dead_letter_max: config.dead_letter_max as u64,
-                dead_letter_max_bytes: config.dead_letter_max_bytes,
-                alerts_max_bytes: config.alerts_max_bytes,
-            },
-        )
+        Self::open_with(&config.path, Self::limits(config), None)
+    }
+
+    /// Open a copy of the store at `config.path`, made under `tmp`, leaving
+    /// the store itself as it was (see `copy.rs`): for reading a stopped
+    /// agent's store. The copy is removed when the last handle is dropped.
+    /// Fails with `Missing` when there is no store there, and with `Locked`
+    /// when an agent has it open.
+    pub fn open_copy(config: &StoreConfig, tmp: &Path) -> Result<Store, StoreError> {
+        let dir = copy::copy_store(&config.path, tmp)?;
+        let path = dir.path().to_path_buf();
+        Self::open_with(&path, Self::limits(config), Some(dir))
+    }
+
+    fn limits(config: &StoreConfig) -> Limits {
+        Limits {
+            budget_bytes: config.budget_bytes,
+            dead_letter_max: config.dead_letter_max as u64,
+            dead_letter_max_bytes: config.dead_letter_max_bytes,
+            alerts_max_bytes: config.alerts_max_bytes,
+        }
     }
 
     /// Open with the default alerts cap (half of what the dead letters leave).
@@ -364,10 +388,15 @@ impl Store {
                 dead_letter_max_bytes,
                 alerts_max_bytes: budget_bytes.saturating_sub(dead_letter_max_bytes) / 2,
             },
+            None,
         )
     }
 
-    fn open_with(path: &Path, limits: Limits) -> Result<Store, StoreError> {
+    fn open_with(
+        path: &Path,
+        limits: Limits,
+        copy: Option<copy::CopyDir>,
+    ) -> Result<Store, StoreError> {
         failure::remove_unfinished_snapshots(path)?;
         let config = sled::Config::new()
             .path(path)
@@ -417,6 +446,7 @@ impl Store {
                 meta: Mutex::new(meta),
                 claims: Mutex::default(),
                 writes: Mutex::default(),
+                _copy: copy,
             }),
         })
     }

@@ -502,7 +502,8 @@ pub async fn publish(port: u16, msgs: Vec<Msg>) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5))
         .set_inflight(200);
-    opts.set_max_packet_size(64 << 20, 64 << 20);
+    // Up to what MQTT allows (tests of oversized payloads).
+    opts.set_max_packet_size(256 << 20, 256 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let expected_acks = msgs.iter().filter(|m| m.qos > 0).count();
     let total = msgs.len();
