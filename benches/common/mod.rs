@@ -80,7 +80,14 @@ impl Args {
 
     /// Whether section `s` is to run.
     pub fn run(&self, s: &str) -> bool {
-        self.sections.is_empty() || self.sections.iter().any(|x| x == s)
+        self.sections.is_empty() || self.named(s)
+    }
+
+    /// Whether section `s` was asked for by name (for sections that do not
+    /// run by default).
+    #[allow(dead_code)]
+    pub fn named(&self, s: &str) -> bool {
+        self.sections.iter().any(|x| x == s)
     }
 }
 

@@ -133,6 +133,19 @@ impl Agent {
     /// brokers on `local` and `upstream`; returns once it has subscribed
     /// and is connected upstream.
     pub fn start(dir: &Path, local: u16, upstream: u16, detection: Detection) -> Agent {
+        Agent::try_start(dir, local, upstream, detection, true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start`; with `need_upstream` false it returns once vigil is ready
+    /// and has subscribed, whether or not the upstream broker is there. An
+    /// error says why vigil did not get there within 20 s.
+    pub fn try_start(
+        dir: &Path,
+        local: u16,
+        upstream: u16,
+        detection: Detection,
+        need_upstream: bool,
+    ) -> Result<Agent, String> {
         let devices = match detection {
             Detection::Baseline => BASELINE,
             Detection::OneReading => crate::common::ONE_READING_DEVICE,
@@ -155,20 +168,38 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("vigil exited ({status}) at startup:\n{}", agent.log_tail());
+                return Err(format!(
+                    "vigil exited ({status}) at startup:\n{}",
+                    agent.log_tail()
+                ));
             }
             let subscribed =
                 std::fs::read_to_string(&agent.log).is_ok_and(|l| l.contains(" subscribed"));
-            if subscribed && scrape(http).is_ok_and(|m| m.upstream_connected()) {
-                return agent;
+            let there = scrape(http).is_ok_and(|m| {
+                m.get("vigil_ready") == 1.0 && (!need_upstream || m.upstream_connected())
+            });
+            if subscribed && there {
+                return Ok(agent);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "vigil did not subscribe and connect upstream within 20 s:\n{}",
-                agent.log_tail()
-            );
+            if start.elapsed() >= Duration::from_secs(20) {
+                return Err(format!(
+                    "vigil was not ready and subscribed{} within 20 s:\n{}",
+                    if need_upstream {
+                        " and connected upstream"
+                    } else {
+                        ""
+                    },
+                    agent.log_tail()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL, as a power cut or the OOM killer would end it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

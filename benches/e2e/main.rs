@@ -47,6 +47,11 @@
 //!    keep coming. Entries delivered from vigil's reconnect until the outbox
 //!    is empty, per second; then everything the subscriber got is counted
 //!    against vigil's delivered counters.
+//! 6. Chaos (only when named: `scripts/bench-chaos`): vigil SIGKILLed 100
+//!    times at random moments under 1,000 readings/s with alerts, the
+//!    upstream broker down for the middle fifth; acknowledged readings and
+//!    alert events lost, messages under a reused id, duplicates, restarts
+//!    that did not become ready, peak RSS (see `chaos`).
 //! 5. Disk writes per reading: `write_bytes` − `cancelled_write_bytes` of
 //!    /proc/<pid>/io over measurements 1 and 3, divided by the readings
 //!    stored meanwhile; beside it what the store's block device wrote
@@ -87,6 +92,7 @@ mod timings;
 
 mod agent;
 mod burst;
+mod chaos;
 mod counts;
 mod footprint;
 mod host;
@@ -130,7 +136,10 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 fn main() {
-    let args = Args::parse("e2e", &["throughput", "latency", "footprint", "outage"]);
+    let args = Args::parse(
+        "e2e",
+        &["throughput", "latency", "footprint", "outage", "chaos"],
+    );
     let install = "install them with: apt-get install -y mosquitto mosquitto-clients";
     let Some(mosquitto) = mosquitto_path() else {
         eprintln!(
@@ -157,8 +166,14 @@ fn main() {
     let machine = host::Machine::now(&tools.mosquitto, scratch.path());
     let started = Instant::now();
     let mut disk = Vec::new();
-    for section in ["throughput", "latency", "footprint", "outage"] {
-        if !args.run(section) {
+    for section in ["throughput", "latency", "footprint", "outage", "chaos"] {
+        // The chaos run is long and measures no speed: only when named.
+        let wanted = if section == "chaos" {
+            args.named(section)
+        } else {
+            args.run(section)
+        };
+        if !wanted {
             continue;
         }
         let busy = host::Busy::start();
@@ -166,6 +181,7 @@ fn main() {
             "throughput" => disk.push(throughput::throughput(&tools, scratch.path(), &mut rep)),
             "latency" => latency::latency(&tools, scratch.path(), &mut rep),
             "footprint" => disk.extend(footprint::footprint(&tools, scratch.path(), &mut rep)),
+            "chaos" => chaos::chaos(&tools, scratch.path(), &mut rep),
             _ => outage::outage(&tools, scratch.path(), &mut rep),
         }
         // Other people's work on the machine skews every number here.
