@@ -109,10 +109,21 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     };
     let http_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    // The sensors' broker, when vigil hosts it, before ingest connects to it.
+    // The sensors' broker, when vigil hosts it, before ingest connects to
+    // it; vigil's own connections to it become insiders (`broker::Insiders`).
+    let mut local_broker = config.broker.clone();
+    let mut upstream = config.upstream.clone();
     if let Some(embedded) = &config.embedded_broker {
-        let embedded = embedded.clone();
-        tokio::task::spawn_blocking(move || crate::broker::start(&embedded)).await??;
+        let insiders = crate::broker::Insiders::draw()?;
+        let (e, i) = (embedded.clone(), insiders.clone());
+        let running = tokio::task::spawn_blocking(move || crate::broker::start(&e, &i)).await??;
+        let connections =
+            std::iter::once(&mut local_broker).chain(upstream.as_mut().map(|u| &mut u.connection));
+        for c in connections {
+            if embedded.serves(&c.host, c.port) {
+                insiders.admit(c, running.local());
+            }
+        }
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -127,7 +138,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         flush_interval: config.store.flush_interval,
         flush_max_readings: config.store.flush_max_readings,
     };
-    let (client, eventloop) = ingest::connect(&config.broker)?;
+    let (client, eventloop) = ingest::connect(&local_broker)?;
     let memory = MemoryBudget::new(MEMORY_BUDGET_BYTES);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (writer_done_tx, writer_done_rx) = oneshot::channel();
@@ -139,7 +150,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         ingest::run_mqtt(ingest::MqttTask {
             eventloop,
             client: client.clone(),
-            broker: config.broker.clone(),
+            broker: local_broker,
             subscriptions: config.subscriptions.clone().into(),
             max_future_skew_ms: config.detect.max_future_skew_ms,
             known_devices: config
@@ -197,7 +208,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
 
     // Forward: outbox (woken by each detection commit) → upstream broker.
     let forward_metrics = Arc::new(ForwardMetrics::default());
-    match &config.upstream {
+    match &upstream {
         Some(upstream) => {
             let (client, eventloop) = forward::connect(upstream)?;
             tasks.spawn(supervise(
@@ -512,7 +523,7 @@ mod tests {
     use crate::config::{Credentials, EmbeddedBrokerConfig};
 
     fn config() -> Config {
-        let text = "gateway_id = \"gw-1\"\n[broker]\nhost = \"127.0.0.1\"\nusername = \"vigil\"\npassword = \"old secret\"\n[[subscriptions]]\ntemplate = \"plant/{device}/{metric}\"\n[store]\npath = \"store\"\n[upstream]\nhost = \"127.0.0.2\"\nusername = \"gw\"\npassword = \"old secret\"\n[embedded_broker]\nenabled = true\n";
+        let text = "gateway_id = \"gw-1\"\n[broker]\nhost = \"127.0.0.1\"\nport = 1884\nusername = \"vigil\"\npassword = \"old secret\"\nallow_plaintext_credentials = true\n[[subscriptions]]\ntemplate = \"plant/{device}/{metric}\"\n[store]\npath = \"store\"\n[upstream]\nhost = \"127.0.0.2\"\nusername = \"gw\"\npassword = \"old secret\"\nallow_plaintext_credentials = true\n[embedded_broker]\nenabled = true\n";
         let mut errors = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let c = crate::config::from_str(&dir.path().join("vigil.toml"), text.into(), &mut errors);
@@ -559,7 +570,7 @@ mod tests {
         let mut new = old.clone();
         assert!(needs_restart(&old, &new).is_empty());
         new.broker.credentials = None;
-        new.broker.port = 1884;
+        new.broker.port = 1885;
         new.store.flush_interval = Duration::from_millis(5);
         new.devices_dir = Path::new("elsewhere").into();
         assert_eq!(

@@ -32,7 +32,8 @@ enum Command {
         #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
         config: PathBuf,
     },
-    /// Validate vigil.toml and the device files; print every error, exit 1 if any.
+    /// Validate vigil.toml and the device files; print every error, exit 1
+    /// if any (warnings are printed too, and do not fail the check).
     CheckConfig {
         /// Path of vigil.toml.
         #[arg(long, short, default_value = "/etc/vigil/vigil.toml")]
@@ -87,6 +88,12 @@ enum Command {
     /// Simulate a fleet of pumps publishing temperature and vibration
     /// readings, with injected faults, to an MQTT broker (demos, tests, load).
     Simulate(SimulateArgs),
+    /// Print a line for the embedded broker's users file: NAME and the hash
+    /// of the password read from the first line of standard input.
+    HashPassword {
+        /// The user name the client signs in with.
+        name: String,
+    },
     /// See vigil do its whole job, with nothing installed: its embedded
     /// broker, a simulated fleet with injected faults, detection, and
     /// forwarding to a plant broker through an uplink cut for a while.
@@ -200,6 +207,7 @@ fn main() -> ExitCode {
             seed,
         } => demo(duration, speed, seed),
         Command::Simulate(args) => simulate(args),
+        Command::HashPassword { name } => hash_password(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +225,9 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 fn check_config(path: PathBuf) -> ExitCode {
     match config::load(&path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{}", w.as_warning());
+            }
             println!(
                 "{}: OK (gateway {}, {} subscription(s), {} device file(s))",
                 path.display(),
@@ -234,6 +245,27 @@ fn check_config(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `vigil hash-password NAME`: one line of a users file on stdout.
+fn hash_password(name: &str) -> anyhow::Result<()> {
+    config::check_user_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if std::io::stdin().is_terminal() {
+        eprintln!("password for {name} (shown as typed; or pipe it in):");
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("cannot read the password from standard input")?;
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "empty password: expected it on the first line of standard input"
+    );
+    let hash = config::PasswordHash::new(password).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{name}:{hash}");
+    Ok(())
 }
 
 fn init_logging(level: &str) {
@@ -260,6 +292,9 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), gateway = %config.gateway_id, "vigil starting");
+        for w in &config.warnings {
+            tracing::warn!("{}", w.as_warning());
+        }
         serve(&config, &path).await
     });
     // A blocking store call still running (a commit the stages gave up on)

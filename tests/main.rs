@@ -11,6 +11,7 @@ mod demo;
 mod detection;
 mod disk_full;
 mod embedded_broker;
+mod embedded_security;
 mod formats;
 mod forward;
 mod forward_budget;

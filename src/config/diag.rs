@@ -29,6 +29,21 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The same as a warning: `file:line: warning: message`.
+    pub fn as_warning(&self) -> String {
+        match self.line {
+            Some(line) => format!(
+                "{}:{}: warning: {}",
+                self.file.display(),
+                line,
+                self.message
+            ),
+            None => format!("{}: warning: {}", self.file.display(), self.message),
+        }
+    }
+}
+
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

@@ -14,6 +14,7 @@ mod embedded;
 pub mod ranges;
 mod topic;
 mod upstream;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,12 @@ pub use detect::{
 pub use detection::*;
 pub use devices::{DeviceClass, DeviceProfile, DeviceRegistry, MetricProfile};
 pub use diag::{ConfigError, ConfigErrors, Source};
-pub use embedded::{EmbeddedBrokerConfig, DEFAULT_EMBEDDED_LISTEN};
+pub use embedded::{
+    EmbeddedBrokerConfig, ServerTlsFiles, DEFAULT_EMBEDDED_LISTEN, DEFAULT_EMBEDDED_TLS_LISTEN,
+};
 pub use topic::{check_name, filter_matches, validate_filter, TopicIds, TopicTemplate};
 pub use upstream::{Encoding, OutTopic, UpstreamConfig};
+pub use users::{check_user_name, PasswordHash, Users, DEFAULT_ITERATIONS};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -53,6 +57,9 @@ pub struct Config {
     pub detect: DetectConfig,
     pub devices_dir: PathBuf,
     pub devices: DeviceRegistry,
+    /// What is valid but likely a mistake or a risk, with file and line:
+    /// `check-config` prints them, `vigil run` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Default address of the health and metrics endpoint: loopback only.
@@ -170,6 +177,7 @@ struct RawBroker {
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
     tls: Option<RawTls>,
+    allow_plaintext_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,7 +312,8 @@ fn validate(
         ));
     }
 
-    let embedded_broker = embedded::validate(src, raw.embedded_broker, errors);
+    let mut warnings = Vec::new();
+    let embedded_broker = embedded::validate(src, base, raw.embedded_broker, errors, &mut warnings);
     let broker = validate_broker(
         src,
         base,
@@ -333,9 +342,9 @@ fn validate(
     }
 
     let store = validate_store(src, base, raw.store, errors);
-    let upstream = raw
-        .upstream
-        .and_then(|u| upstream::validate(src, base, u, &gateway_id, errors));
+    let upstream = raw.upstream.and_then(|u| {
+        upstream::validate(src, base, u, embedded_broker.as_ref(), &gateway_id, errors)
+    });
     if let (Some(b), Some(u)) = (&broker, &upstream) {
         // One broker seeing one client id twice disconnects the older
         // connection each time: the two would take turns forever.
@@ -381,6 +390,7 @@ fn validate(
         detect,
         devices_dir,
         devices: devices?,
+        warnings,
     })
 }
 
@@ -441,18 +451,21 @@ fn validate_broker(
         base,
         "broker",
         raw,
+        embedded,
         &format!("vigil-{gateway_id}"),
         errors,
     )
 }
 
 /// The connection settings shared by `[broker]` and `[upstream]`; `section`
-/// names the table in messages.
+/// names the table in messages. A connection to the embedded broker is
+/// vigil's own and signs in by itself (`broker::Insiders`).
 fn validate_connection(
     src: &Source,
     base: &Path,
     section: &str,
     raw: RawBroker,
+    embedded: Option<&EmbeddedBrokerConfig>,
     default_client_id: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<BrokerConfig> {
@@ -478,6 +491,8 @@ fn validate_connection(
     if client_id.is_empty() || client_id.len() > 65535 {
         errors.push(src.at(&key("client_id"), "expected a non-empty client id; it must stay the same across restarts so the broker keeps vigil's session"));
     }
+    let has_credentials =
+        raw.username.is_some() || raw.password.is_some() || raw.password_file.is_some();
     let credentials = match (raw.username, raw.password, raw.password_file) {
         (None, None, None) => None,
         (None, _, _) => {
@@ -520,10 +535,25 @@ fn validate_connection(
             }
         }
     };
+    let has_tls = raw.tls.is_some();
     let tls = raw
         .tls
         .and_then(|t| validate_tls(src, base, &key("tls"), t, errors));
-    let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    let port = raw.port.unwrap_or(if has_tls { 8883 } else { 1883 });
+    if embedded.is_some_and(|e| e.serves(&host, port)) {
+        // Its listener and its users are for sensors; vigil's own
+        // connection goes round them.
+        for (k, set) in [("username", has_credentials), ("tls", has_tls)] {
+            if set {
+                errors.push(src.at(&key(k), format!("{host}:{port} is vigil's embedded broker, to which vigil connects inside the process and signs in by itself; remove {section}.{k}")));
+            }
+        }
+    } else if credentials.is_some() && !has_tls && raw.allow_plaintext_credentials != Some(true) {
+        errors.push(src.at(
+            &key("username"),
+            format!("the password would cross the network in plain text, for anyone on the way to read; add [{section}.tls], or set {section}.allow_plaintext_credentials = true where that is acceptable (a broker on this gateway, a closed network)"),
+        ));
+    }
     ranges::PORT.check_at(src, &key("port"), port.into(), errors);
     let max_payload_bytes = raw.max_payload_bytes.unwrap_or(1 << 20);
     ranges::MAX_PAYLOAD_BYTES.check_at(src, &key("max_payload_bytes"), max_payload_bytes, errors);

@@ -152,7 +152,7 @@ fn credentials_and_password_file() {
     fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
     let main = GOOD.replace(
         "host = \"127.0.0.1\"",
-        "host = \"127.0.0.1\"\nusername = \"vigil\"\npassword_file = \"pw\"",
+        "host = \"127.0.0.1\"\nusername = \"vigil\"\npassword_file = \"pw\"\nallow_plaintext_credentials = true",
     );
     fs::write(dir.path().join("vigil.toml"), &main).unwrap();
     let c = load(&dir.path().join("vigil.toml")).unwrap();
@@ -428,5 +428,142 @@ fn a_vanishing_aggregate_rate_is_refused() {
             .starts_with("upstream.aggregate_rate_per_s: 1e-20 is out of range"),
         "{}",
         errors[0]
+    );
+}
+
+#[test]
+fn credentials_need_tls_or_an_explicit_allowance() {
+    let plain = GOOD.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"vigil\"\npassword = \"pw\"",
+    ) + "[upstream]\nhost = \"cloud.example\"\nusername = \"gw\"\n";
+    let errors = errors_of(&plain, &[]);
+    let found: Vec<(Option<usize>, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.message.split(':').next().unwrap()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some(6), "broker.username"),
+            (Some(16), "upstream.username")
+        ],
+        "{errors:?}"
+    );
+    assert!(errors[0].message.contains("[broker.tls]"));
+    assert!(errors[1]
+        .message
+        .contains("upstream.allow_plaintext_credentials = true"));
+
+    let allowed = plain
+        .replace(
+            "password = \"pw\"",
+            "password = \"pw\"\nallow_plaintext_credentials = true",
+        )
+        .replace(
+            "username = \"gw\"",
+            "username = \"gw\"\nallow_plaintext_credentials = true",
+        );
+    let (_d, path) = setup(&allowed, &[]);
+    load(&path).unwrap();
+    // Without credentials the flag changes nothing.
+    let (_d, path) = setup(
+        &GOOD.replace(
+            "host = \"127.0.0.1\"",
+            "host = \"127.0.0.1\"\nallow_plaintext_credentials = false",
+        ),
+        &[],
+    );
+    load(&path).unwrap();
+}
+
+#[test]
+fn vigils_own_connections_to_its_embedded_broker_take_no_credentials() {
+    let main = GOOD.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nport = 1884\nusername = \"vigil\"\nallow_plaintext_credentials = true",
+    ) + "[upstream]\nhost = \"localhost\"\nport = 1884\npassword = \"x\"\nusername = \"u\"\n[embedded_broker]\nenabled = true\nlisten = \"0.0.0.0:1884\"\n";
+    let errors = errors_of(&main, &[]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0]
+        .to_string()
+        .contains(":7: broker.username: 127.0.0.1:1884 is vigil's embedded broker"));
+    assert!(errors[1]
+        .to_string()
+        .contains("upstream.username: localhost:1884 is vigil's embedded broker"));
+}
+
+#[test]
+fn which_addresses_are_the_embedded_broker() {
+    let with = |listen: &str| {
+        let (_d, path) = setup(
+            &format!("{GOOD}\n[embedded_broker]\nenabled = true\nlisten = \"{listen}\"\n"),
+            &[],
+        );
+        load(&path).unwrap().embedded_broker.unwrap()
+    };
+    let everywhere = with("0.0.0.0:1884");
+    assert!(everywhere.serves("127.0.0.1", 1884));
+    assert!(everywhere.serves("localhost", 1884));
+    assert!(everywhere.serves("127.0.0.2", 1884));
+    assert!(!everywhere.serves("127.0.0.1", 1883));
+    assert!(!everywhere.serves("gateway.example", 1884));
+    let one = with("192.0.2.7:1884");
+    assert!(one.serves("192.0.2.7", 1884));
+    assert!(!one.serves("127.0.0.1", 1884));
+    let v6 = with("[::1]:1884");
+    assert!(v6.serves("::1", 1884) && v6.serves("[::1]", 1884));
+}
+
+#[test]
+fn an_open_embedded_broker_is_a_warning_and_a_users_file_is_checked_line_by_line() {
+    let open = format!("{GOOD}\n[embedded_broker]\nenabled = true\nlisten = \"0.0.0.0:1884\"\n");
+    let (_d, path) = setup(&open, &[]);
+    let c = load(&path).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].line, Some(15));
+    assert!(c.warnings[0].as_warning().contains(
+        ":15: warning: embedded_broker.listen: 0.0.0.0:1884 is reachable beyond this gateway"
+    ));
+
+    let hash = PasswordHash::new("pw").unwrap();
+    let (dir, path) = setup(&format!("{open}users_file = \"users\"\n"), &[]);
+    fs::write(dir.path().join("users"), format!("s1:{hash}\ns2:plain\n")).unwrap();
+    let errors = load(&path).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].file.clone(), errors[0].line),
+        (dir.path().join("users"), Some(2))
+    );
+    assert!(!errors[0].message.contains("plain"), "{}", errors[0]);
+    fs::write(dir.path().join("users"), format!("s1:{hash}\n")).unwrap();
+    let c = load(&path).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let users = c.embedded_broker.unwrap().users.unwrap();
+    assert!(users.get("s1").unwrap().verify("pw"));
+
+    let (_d, path) = setup(&format!("{open}users_file = \"missing\"\n"), &[]);
+    let errors = load(&path).unwrap_err().0;
+    assert!(
+        errors[0].to_string().contains("cannot read the users file"),
+        "{errors:?}"
+    );
+
+    // TLS: both files are required, and loaded at once.
+    let (_d, path) = setup(
+        &format!("{open}[embedded_broker.tls]\ncert_file = \"nope.pem\"\n"),
+        &[],
+    );
+    let errors: Vec<String> = load(&path)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(":16: embedded_broker.tls.key_file: missing")),
+        "{errors:?}"
     );
 }

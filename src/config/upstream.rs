@@ -5,7 +5,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ranges, validate_connection, BrokerConfig, ConfigError, RawBroker, RawTls, Source};
+use super::{
+    ranges, validate_connection, BrokerConfig, ConfigError, EmbeddedBrokerConfig, RawBroker,
+    RawTls, Source,
+};
 
 /// The validated `[upstream]` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +78,7 @@ pub(super) struct RawUpstream {
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
     tls: Option<RawTls>,
+    allow_plaintext_credentials: Option<bool>,
     topic_prefix: Option<String>,
     alert_topic: Option<String>,
     aggregate_topic: Option<String>,
@@ -154,6 +158,7 @@ pub(super) fn validate(
     src: &Source,
     base: &Path,
     raw: RawUpstream,
+    embedded: Option<&EmbeddedBrokerConfig>,
     gateway_id: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<UpstreamConfig> {
@@ -174,7 +179,9 @@ pub(super) fn validate(
             reconnect_min_ms: raw.reconnect_min_ms,
             reconnect_max_ms: raw.reconnect_max_ms,
             tls: raw.tls,
+            allow_plaintext_credentials: raw.allow_plaintext_credentials,
         },
+        embedded,
         &format!("vigil-{gateway_id}-upstream"),
         errors,
     );

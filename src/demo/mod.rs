@@ -187,12 +187,17 @@ pub async fn run(
         return Err(DemoError::TooShort(opts.duration));
     }
     let dir = TempDir::new()?;
-    let plant_broker = crate::broker::start(&EmbeddedBrokerConfig {
-        listen: free_loopback()?,
-        max_connections: 16,
-        max_payload_bytes: 1 << 20,
-        queue_bytes: 32 << 20,
-    })?;
+    let plant_broker = crate::broker::start(
+        &EmbeddedBrokerConfig {
+            listen: free_loopback()?,
+            max_connections: 16,
+            max_payload_bytes: 1 << 20,
+            queue_bytes: 32 << 20,
+            users: None,
+            tls: None,
+        },
+        &crate::broker::Insiders::draw()?,
+    )?;
     let link = Uplink::start(plant_broker.addr())
         .await
         .map_err(DemoError::Uplink)?;

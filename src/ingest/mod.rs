@@ -13,7 +13,7 @@
 pub mod decode;
 mod mqtt;
 mod oversized;
-mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod route;
 mod writer;
 

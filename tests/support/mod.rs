@@ -494,6 +494,11 @@ impl Msg {
 
 /// Publish every message, waiting for the broker's PUBACK of each QoS 1 one.
 pub async fn publish(port: u16, msgs: Vec<Msg>) {
+    publish_with(port, msgs, |_| {}).await
+}
+
+/// `publish` with client options of the caller's (credentials, TLS).
+pub async fn publish_with(port: u16, msgs: Vec<Msg>, configure: impl FnOnce(&mut MqttOptions)) {
     let id = format!(
         "test-pub-{}-{}",
         port,
@@ -504,6 +509,7 @@ pub async fn publish(port: u16, msgs: Vec<Msg>) {
         .set_inflight(200);
     // Up to what MQTT allows (tests of oversized payloads).
     opts.set_max_packet_size(256 << 20, 256 << 20);
+    configure(&mut opts);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let expected_acks = msgs.iter().filter(|m| m.qos > 0).count();
     let total = msgs.len();
