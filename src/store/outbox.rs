@@ -13,18 +13,20 @@
 //! claimed entry, so a PUBACK always deletes exactly what was sent.
 //!
 //! On disk before published. Detection commits and merges are not fsynced
-//! (see `detection.rs`); a crash before the next fsync takes them back, and
+//! (see `detection.rs`): sled keeps them in its own buffers until the next
+//! flush, or writes them out in the background at its next transaction. A
+//! crash (a kill as well as a power cut) before then takes them back, and
 //! with them the ids they gave out, which then go to whatever detection
 //! makes after the restart. What it made on processing time (windows closed
 //! for want of readings, silence alerts) comes out differently or in another
 //! order, so an id already published would name other content, which a
 //! consumer would drop as a copy. So `outbox_claim` hands out entries only
 //! once they are on disk: it fsyncs first if an outbox write that gave out
-//! ids happened since the last fsync began. Ingest's group commits fsync
-//! every few milliseconds while readings come, so under load the forwarder
-//! rarely pays for its own, and at most it pays one per detection commit or
-//! merge pass. An id that went out is durable, and so is `next_outbox` past
-//! it: it is never given out again.
+//! ids happened since the last fsync began: at most one fsync per detection
+//! commit or merge pass that gave out ids (a detection commit holds seconds
+//! of outputs, or an alert), and none when a group commit of readings began
+//! after the write. An id that went out is durable, and so is `next_outbox`
+//! past it: it is never given out again.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
