@@ -17,6 +17,7 @@ mod forward;
 mod forward_budget;
 mod fuzz;
 mod ops;
+mod outbox_ids;
 mod oversized;
 mod package;
 mod quality;

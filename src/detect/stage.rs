@@ -9,8 +9,11 @@
 //! and written at most every `store.checkpoint_interval_ms`, or once input
 //! pauses for [`IDLE`]; an alert, a reload, a full store or shutdown writes
 //! at once. A crash loses only
-//! in-memory progress, which detection redoes from the last commit over the
-//! same readings, producing the same outputs under the same ids.
+//! what was not on disk yet (progress held, commits not flushed), which
+//! detection redoes from the last durable commit over the same readings.
+//! None of it was published (the forwarder sends only what is on disk), so
+//! what comes out differently the second time (windows closed and silence
+//! alerts raised on processing time) takes no id already used.
 //!
 //! When the store is full, it makes room (`Store::make_room`: consumed
 //! readings, then old aggregates, then alerts over their cap) so that ingest

@@ -1,7 +1,9 @@
 //! The forward stage: outbox entries in (alerts first, oldest first within a
 //! lane), QoS 1 publishes to the upstream broker out. An entry is deleted
 //! only after its PUBACK; whatever is unacknowledged when the connection
-//! drops, or when vigil stops, is sent again from the outbox.
+//! drops, or when vigil stops, is sent again from the outbox. An entry is
+//! published only once it is on disk (`Store::outbox_claim` fsyncs when it
+//! must), so a crash cannot give an id that went out to other content.
 //!
 //! This task owns the upstream connection: one rumqttc event loop, polled
 //! here and nowhere else. The gateway's status topic is set to a retained

@@ -81,7 +81,7 @@ fn new_private_dir(tmp: &Path) -> io::Result<CopyDir> {
 }
 
 /// Files and directories of `from` into the existing directory `to`.
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     for entry in fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;

@@ -12,9 +12,12 @@
 //!
 //! The commit does not fsync: the transaction is atomic, so after a crash
 //! either all of it or none of it is there, and none of it means detection
-//! runs over the same readings again and produces the same outputs (alert
-//! ids come from event times). The next ingest group commit, or shutdown,
-//! makes it durable.
+//! runs over the same readings again. The next ingest group commit, or
+//! shutdown, makes it durable, and so does the forwarder before it publishes
+//! any of the outputs (see `outbox.rs`): what detection makes on processing
+//! time (windows closed for want of readings, silence alerts) is not made
+//! again the same way, so a message id must never go out before the entry
+//! behind it is on disk.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -224,6 +227,9 @@ impl Store {
             });
         self.finish(result)?;
         *meta = next;
+        if lanes.iter().any(|l| !l.is_empty()) {
+            self.outbox_written();
+        }
         Ok(())
     }
 }

@@ -173,6 +173,8 @@ impl Store {
         let parts = next.counters.aggregates_merged - meta.counters.aggregates_merged;
         self.apply(lane, &removals, &inserts, &next)?;
         *meta = next;
+        // Merged aggregates carry fresh ids.
+        self.outbox_written();
         Ok((parts, merges))
     }
 

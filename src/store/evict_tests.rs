@@ -245,6 +245,32 @@ fn claimed_entries_are_never_merged_or_dropped() {
     assert!(matches!(&first.entry, OutboxEntry::Aggregate(a) if a.windows > 1));
 }
 
+/// A merged aggregate gets a fresh id, and nothing flushes a merge: the
+/// forwarder must not publish it before it is on disk, or after a crash the
+/// id could be given again to something else.
+#[test]
+fn a_merged_aggregate_is_on_disk_before_the_forwarder_gets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 40_000;
+    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
+    let mut hour = 0;
+    while !s.is_full() {
+        add(&s, 0, Vec::new(), vec![aggregate("a", hour)]);
+        hour += 1;
+    }
+    s.flush().unwrap();
+    let ev = s.make_room(0).unwrap();
+    assert!(ev.aggregates_merged > 0, "{ev:?}");
+    let sent = s.outbox_claim(Lane::Aggregates, 0, 5).unwrap();
+    assert!(
+        sent.iter().all(|i| i.id >= hour as u64),
+        "not merged: {sent:?}"
+    );
+
+    let (_copy, after) = crate::store::tests::killed_copy(dir.path());
+    assert_eq!(after.outbox(Lane::Aggregates, 0, 5).unwrap(), sent);
+}
+
 #[test]
 fn the_outbox_is_left_alone_while_detection_is_behind() {
     let dir = tempfile::tempdir().unwrap();

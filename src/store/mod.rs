@@ -35,6 +35,7 @@ pub use outbox::{Lane, OutboxEntry, OutboxItem};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -216,6 +217,13 @@ struct Inner {
     claims: Mutex<outbox::Claims>,
     /// How writes went (see `failure.rs`). Taken after `meta`, never before.
     writes: Mutex<WriteHealth>,
+    /// Outbox writes that gave out message ids (detection commits with
+    /// outputs, merges) since the store was opened, bumped while `meta` is
+    /// held, once the write is applied; and that count as it stood when the
+    /// last fsync that worked began. Entries are handed to the forwarder only
+    /// once the second has caught up with the first (see `outbox.rs`).
+    outbox_writes: AtomicU64,
+    outbox_synced: AtomicU64,
     /// The directory of a copy opened for reading (`open_copy`), removed
     /// after everything above it is dropped (fields drop in order).
     _copy: Option<copy::CopyDir>,
@@ -446,6 +454,8 @@ impl Store {
                 meta: Mutex::new(meta),
                 claims: Mutex::default(),
                 writes: Mutex::default(),
+                outbox_writes: AtomicU64::new(0),
+                outbox_synced: AtomicU64::new(0),
                 _copy: copy,
             }),
         })
@@ -483,9 +493,26 @@ impl Store {
     /// fsync. Only an fsync that worked ends a run of failed writes: a
     /// transaction sled applied in memory says nothing about the disk.
     fn sync(&self) -> Result<(), StoreError> {
+        // Read under `meta`, with no write half done: every outbox write
+        // counted was applied before the flush begins, so the flush covers it.
+        let outbox_writes = {
+            let _meta = self.meta();
+            self.inner.outbox_writes.load(Ordering::Acquire)
+        };
         let result = self.inner.db.flush().map(drop).map_err(StoreError::from);
+        if result.is_ok() {
+            self.inner
+                .outbox_synced
+                .fetch_max(outbox_writes, Ordering::AcqRel);
+        }
         self.writes().record(&result, Instant::now());
         result
+    }
+
+    /// Count an outbox write that gave out message ids; call it with `meta`
+    /// held, once the write is applied.
+    fn outbox_written(&self) {
+        self.inner.outbox_writes.fetch_add(1, Ordering::Release);
     }
 
     /// Bytes used by the readings log, the outbox, the dead letters and

@@ -11,8 +11,25 @@
 //!
 //! The forwarder *claims* the entries it reads; eviction never touches a
 //! claimed entry, so a PUBACK always deletes exactly what was sent.
+//!
+//! On disk before published. Detection commits and merges are not fsynced
+//! (see `detection.rs`): sled keeps them in its own buffers until the next
+//! flush, or writes them out in the background at its next transaction. A
+//! crash (a kill as well as a power cut) before then takes them back, and
+//! with them the ids they gave out, which then go to whatever detection
+//! makes after the restart. What it made on processing time (windows closed
+//! for want of readings, silence alerts) comes out differently or in another
+//! order, so an id already published would name other content, which a
+//! consumer would drop as a copy. So `outbox_claim` hands out entries only
+//! once they are on disk: it fsyncs first if an outbox write that gave out
+//! ids happened since the last fsync began: at most one fsync per detection
+//! commit or merge pass that gave out ids (a detection commit holds seconds
+//! of outputs, or an alert), and none when a group commit of readings began
+//! after the write. An id that went out is durable, and so is `next_outbox`
+//! past it: it is never given out again.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -121,7 +138,8 @@ impl Store {
     }
 
     /// Like `outbox`, and mark the entries as held by the forwarder until
-    /// they are acknowledged or released.
+    /// they are acknowledged or released. The entries are on disk when this
+    /// returns (an fsync if needed; see the module docs). Blocking.
     pub fn outbox_claim(
         &self,
         lane: Lane,
@@ -150,9 +168,31 @@ impl Store {
         }
         claims[lane as usize].extend(items.iter().map(|i| i.seq));
         drop(claims);
+        if let Err(e) = self.sync_outbox() {
+            let mut claims = self.claims();
+            for item in &items {
+                claims[lane as usize].remove(&item.seq);
+            }
+            return Err(e);
+        }
         // One bad entry must not block its lane forever.
         self.remove(&unreadable, Removal::Unreadable)?;
         Ok(items)
+    }
+
+    /// Make every outbox entry written so far durable, unless an fsync that
+    /// began after the last such write already has.
+    fn sync_outbox(&self) -> Result<(), StoreError> {
+        // Taking `meta` waits for a write in progress: an entry already
+        // read is then counted (writers count under `meta`).
+        let written = {
+            let _meta = self.meta();
+            self.inner.outbox_writes.load(Ordering::Acquire)
+        };
+        if self.inner.outbox_synced.load(Ordering::Acquire) >= written {
+            return Ok(());
+        }
+        self.sync()
     }
 
     /// Forget every claim (the connection dropped; entries will be read again).
@@ -237,6 +277,122 @@ mod tests {
             features: BTreeMap::from([("mean".to_string(), i as f64)]),
             windows: 1,
         }
+    }
+
+    fn alert(i: i64) -> AlertEvent {
+        AlertEvent {
+            id: format!("d/m/silence/last_reading/{i}"),
+            kind: crate::model::AlertKind::Raised,
+            device: "d".into(),
+            metric: "m".into(),
+            detector: "silence".into(),
+            feature: "last_reading".into(),
+            severity: crate::model::Severity::Warning,
+            raised_ms: i,
+            cleared_ms: None,
+            window_start_ms: i,
+            window_end_ms: i,
+            value: 12.0,
+            limit: Some(10.0),
+            baseline: None,
+            score: 1.0,
+            message: "no reading for 12 s (limit 10 s)".into(),
+        }
+    }
+
+    /// Detection commits without an fsync, and what the processing clock
+    /// makes (a silence alert, a window closed for want of readings) has no
+    /// group commit of readings after it to take it to disk. Whatever the
+    /// forwarder is handed must already be there: after a crash an id it
+    /// published is neither missing nor given to something else.
+    #[test]
+    fn claimed_entries_are_on_disk_so_their_ids_outlive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_at(dir.path(), 1 << 30, 10, 1 << 20).unwrap();
+        s.commit(&crate::store::Batch {
+            readings: Vec::new(),
+            dead_letters: Vec::new(),
+            messages: 1,
+        })
+        .unwrap();
+        s.commit_detection(&DetectionCommit {
+            cursor: 0,
+            alerts: vec![alert(12_000)],
+            aggregates: (0..2).map(aggregate).collect(),
+            ..DetectionCommit::default()
+        })
+        .unwrap();
+        let claim = |s: &Store| -> Vec<OutboxItem> {
+            Lane::ALL
+                .iter()
+                .flat_map(|&lane| s.outbox_claim(lane, 0, 10).unwrap())
+                .collect()
+        };
+        let sent = claim(&s);
+        assert_eq!(sent.len(), 3);
+
+        let (_copy, after) = crate::store::tests::killed_copy(dir.path());
+        let kept: Vec<_> = Lane::ALL
+            .iter()
+            .flat_map(|&lane| after.outbox(lane, 0, 10).unwrap())
+            .collect();
+        assert_eq!(kept, sent, "what was published is not what a crash leaves");
+        // What detection makes after the crash gets ids of its own.
+        after
+            .commit_detection(&DetectionCommit {
+                cursor: 0,
+                alerts: vec![alert(13_000)],
+                aggregates: vec![aggregate(9)],
+                ..DetectionCommit::default()
+            })
+            .unwrap();
+        let new_ids: Vec<_> = Lane::ALL
+            .iter()
+            .map(|&lane| after.last_outbox(lane, 1).unwrap()[0].id)
+            .collect();
+        assert_eq!(new_ids, [1, 2]);
+    }
+
+    /// The cost: a claim fsyncs only for outbox writes no fsync has
+    /// covered yet, and an ingest group commit covers them as well.
+    #[test]
+    fn a_claim_fsyncs_only_for_writes_no_fsync_has_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_at(dir.path(), 1 << 30, 10, 1 << 20).unwrap();
+        let counts = |s: &Store| {
+            (
+                s.inner.outbox_writes.load(Ordering::Acquire),
+                s.inner.outbox_synced.load(Ordering::Acquire),
+            )
+        };
+        let add = |s: &Store, aggregates: Vec<Aggregate>| {
+            s.commit_detection(&DetectionCommit {
+                cursor: 1,
+                aggregates,
+                ..DetectionCommit::default()
+            })
+            .unwrap()
+        };
+        add(&s, (0..3).map(aggregate).collect());
+        assert_eq!(counts(&s), (1, 0));
+        s.outbox_claim(Lane::Aggregates, 0, 2).unwrap();
+        assert_eq!(counts(&s), (1, 1));
+        // Nothing written since: nothing to flush for the next read.
+        s.outbox_claim(Lane::Aggregates, 2, 2).unwrap();
+        assert_eq!(counts(&s), (1, 1));
+        // Progress without outputs gives out no id.
+        add(&s, Vec::new());
+        assert_eq!(counts(&s), (1, 1));
+        // A group commit's fsync covers what detection wrote before it.
+        add(&s, vec![aggregate(3)]);
+        assert_eq!(counts(&s), (2, 1));
+        s.commit(&crate::store::Batch {
+            readings: Vec::new(),
+            dead_letters: Vec::new(),
+            messages: 1,
+        })
+        .unwrap();
+        assert_eq!(counts(&s), (2, 2));
     }
 
     #[test]

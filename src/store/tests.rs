@@ -33,6 +33,17 @@ fn open(dir: &Path, budget: u64) -> Store {
     Store::open_at(dir, budget, 5, 10_000).unwrap()
 }
 
+/// The store at `dir` as a kill at this instant would leave it: its files
+/// as they are now, copied and opened. sled holds what it has not flushed in
+/// its own buffers, not in the files, so a kill (and a power cut, which
+/// also loses what the kernel has not written) takes that away.
+pub(super) fn killed_copy(dir: &Path) -> (tempfile::TempDir, Store) {
+    let copy = tempfile::tempdir().unwrap();
+    super::copy::copy_tree(dir, copy.path()).unwrap();
+    let store = Store::open_at(copy.path(), 1 << 30, 5, 10_000).unwrap();
+    (copy, store)
+}
+
 #[test]
 fn commits_survive_reopen_with_sequence_and_counters() {
     let dir = tempfile::tempdir().unwrap();

@@ -754,6 +754,7 @@ pub fn log_len(setup: &Setup) -> usize {
 }
 
 pub mod pki;
+pub mod relay;
 
 impl VigilProcess {
     /// `vigil run` like `start`, with extra environment variables (and
