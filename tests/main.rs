@@ -22,5 +22,6 @@ mod quality;
 mod reconnect;
 mod reload;
 mod simulate;
+mod store_damage;
 mod streams;
 mod tls;
