@@ -23,7 +23,7 @@ use crate::ingest::{
 };
 use crate::ops::health::{supervise, StoreWrites, STORE_FAILING_EXIT_AFTER};
 use crate::ops::{self, Health, Observed, ReloadMetrics, Stage};
-use crate::store::{Store, StoreError};
+use crate::store::{Checker, Recovery, Store, StoreError};
 
 /// How long stages get to finish after a shutdown request. With the final
 /// flush (at most 1 s) and the runtime's own grace (0.5 s) vigil exits within 5 s.
@@ -71,21 +71,43 @@ pub struct Running {
     watchdog_held: bool,
     /// Store writes fail (logged once until they work again).
     store_failing: bool,
+    /// The store was damaged and moved aside at this start.
+    recovery: Option<Recovery>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
-/// Open the store and start every stage.
+/// Open the store and start every stage. A damaged store that sled reports
+/// as such is moved aside for a fresh one; one that panics sled ends the
+/// process (see [`start_checked`]).
 pub async fn start(config: &Config) -> Result<Running, AppError> {
+    start_checked(config, None).await
+}
+
+/// Like [`start`], with the store checked first by `checker` in a child
+/// process, so that a store on which sled panics is moved aside too
+/// (`store/check.rs`): what `vigil run` does.
+pub async fn start_checked(config: &Config, checker: Option<Checker>) -> Result<Running, AppError> {
     let store_path = config.store.path.display().to_string();
     let store_err = |error| AppError::Store {
         path: store_path.clone(),
         error,
     };
     let store_config = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_config))
-        .await?
-        .map_err(store_err)?;
+    let (store, recovery) = tokio::task::spawn_blocking(move || {
+        // Reading a large store takes a while: systemd's start timeout is
+        // pushed back while the check makes progress.
+        let mut progress = || ops::notify::extend_start(crate::store::check::STALL * 2);
+        progress();
+        crate::store::open_or_recover(
+            &store_config,
+            checker.as_ref(),
+            &mut progress,
+            crate::model::wall_ms(),
+        )
+    })
+    .await?
+    .map_err(store_err)?;
     let health = Arc::new(Health::default());
     health.watch_store(store.clone());
     let stats = store.stats().map_err(store_err)?;
@@ -95,6 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         used_bytes = store.used_bytes(),
         detection_cursor = stats.detection_cursor,
         budget_bytes = stats.budget_bytes,
+        recovered = recovery.is_some(),
         "store open"
     );
 
@@ -258,6 +281,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         http_addr,
         watchdog_held: false,
         store_failing: false,
+        recovery,
         shutdown_tx,
         tasks,
     })
@@ -378,6 +402,11 @@ impl Running {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// Set when the store was damaged and moved aside at this start.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
     }
 
     /// Where the health and metrics endpoint listens, if it does.

@@ -108,6 +108,14 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Open the store at PATH, read all of it and say by the exit status
+    /// whether it can be used. vigil runs this itself, in a child process,
+    /// before it uses a store (sled may panic on a damaged one).
+    #[command(hide = true)]
+    CheckStore {
+        /// The store's directory.
+        path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -208,6 +216,9 @@ fn main() -> ExitCode {
         } => demo(duration, speed, seed),
         Command::Simulate(args) => simulate(args),
         Command::HashPassword { name } => hash_password(&name),
+        Command::CheckStore { path } => {
+            return ExitCode::from(vigil::store::check::run_child(&path))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,8 +323,14 @@ async fn serve(config: &Config, path: &std::path::Path) -> anyhow::Result<()> {
     use vigil::ops::notify;
     // Before anything else: SIGHUP's default action would end the process.
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    let mut running = vigil::app::start(config).await?;
-    let ready = format!("running; gateway {}", config.gateway_id);
+    let mut running = vigil::app::start_checked(config, checker()).await?;
+    let mut ready = format!("running; gateway {}", config.gateway_id);
+    if let Some(r) = running.recovery() {
+        ready.push_str(&format!(
+            "; the store was damaged and moved to {}, this is a fresh one",
+            r.moved_to
+        ));
+    }
     notify::ready(&ready);
     let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
     let mut store_check = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -391,14 +408,34 @@ async fn stop_signal() {
     }
 }
 
+/// The check of a store before it is used: this program's hidden
+/// `check-store` command in a child process (see `store/check.rs`). Without
+/// a path to this program, stores are opened unchecked.
+fn checker() -> Option<vigil::store::Checker> {
+    match std::env::current_exe() {
+        Ok(program) => Some(vigil::store::Checker::new(
+            program,
+            vec!["check-store".into()],
+        )),
+        Err(e) => {
+            eprintln!("vigil: cannot find this program to check the store with ({e}); opening it unchecked");
+            None
+        }
+    }
+}
+
 /// The store of a stopped agent, for reading: a copy in the temporary
 /// directory, so that nothing in the store is created or changed (run as
 /// root, that would leave root-owned files in the service's store).
 fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open_copy(&config.store, &std::env::temp_dir()).map_err(|e| match e {
+    let checker = checker();
+    Store::open_copy(&config.store, &std::env::temp_dir(), checker.as_ref()).map_err(|e| match e {
         vigil::store::StoreError::Locked { .. } => {
             anyhow::anyhow!("{e} (`inspect` reads the store of a stopped agent)")
         }
+        vigil::store::StoreError::Damaged { .. } => anyhow::anyhow!(
+            "{e}; it was left as it is (`vigil run` moves a damaged store aside and starts with a fresh one)"
+        ),
         vigil::store::StoreError::Missing { .. } | vigil::store::StoreError::Copy { .. } => {
             anyhow::anyhow!("{e}")
         }
@@ -593,6 +630,10 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "aggregate_windows_dropped_total": stats.counters.aggregate_windows_dropped,
                 "alerts_dropped_total": stats.counters.alerts_dropped,
                 "outbox_unreadable_total": stats.counters.outbox_unreadable,
+                "readings_unreadable_total": stats.counters.readings_unreadable,
+                "store_recoveries_total": stats.counters.store_recoveries,
+                "store_recovered_at": stats.recovery.as_ref().map(|r| rfc3339(r.at_ms)),
+                "store_recovered_moved_to": stats.recovery.as_ref().map(|r| r.moved_to.clone()),
             });
             writeln!(out, "{line}")?;
         }

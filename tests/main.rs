@@ -24,5 +24,6 @@ mod quality;
 mod reconnect;
 mod reload;
 mod simulate;
+mod store_damage;
 mod streams;
 mod tls;

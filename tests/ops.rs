@@ -415,6 +415,13 @@ fn systemd_notifications() {
         "READY=1 comes with a STATUS: {:?}",
         n.got[ready]
     );
+    // While the store is checked, more time to start is asked for.
+    let extended = find_from(&n.got, 0, "EXTEND_TIMEOUT_USEC=120000000");
+    assert!(
+        extended.is_some_and(|e| e < ready),
+        "no EXTEND_TIMEOUT_USEC before READY=1: {:?}",
+        n.got
+    );
     // Store open and stages started: ready means ready.
     let addr = vigil.http_addr();
     assert_eq!(

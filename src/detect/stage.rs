@@ -652,7 +652,10 @@ fn step(
         Work::CommitOnly => true,
         Work::Batch { tick, reload } => {
             let size = (BATCH_PER_STREAM * engine.streams()).clamp(BATCH_MIN, BATCH_MAX);
-            let batch = store.readings_within(pending.cursor, size, BATCH_MAX_BYTES)?;
+            // A block that cannot be decoded is removed and counted by the
+            // store: returned as an error, it would be retried forever.
+            let (batch, unreadable) =
+                store.readings_to_detect(pending.cursor, size, BATCH_MAX_BYTES)?;
             let now = wall_ms();
             let mono = pending.started.elapsed().as_millis() as EpochMs;
             if let Some(step) = pending.clock.observe(now, mono) {
@@ -677,8 +680,8 @@ fn step(
                 );
             }
             if let Some((first, _)) = batch.first() {
-                if *first > pending.cursor {
-                    skipped = first - pending.cursor;
+                if *first > pending.cursor + unreadable {
+                    skipped = first - pending.cursor - unreadable;
                     warn!(
                         from = pending.cursor,
                         to = first,
@@ -885,6 +888,35 @@ warning_above = 80.0
         let (engine, cursor) = restore(&f.store, f.registry.clone()).unwrap();
         assert_eq!(cursor, 45);
         assert_eq!(engine.streams(), 1);
+    }
+
+    #[test]
+    fn a_readings_block_that_cannot_be_decoded_is_skipped_and_counted_not_retried() {
+        let mut f = fixture(&[20.0; 45], Duration::ZERO);
+        f.store
+            .commit(&Batch {
+                readings: (45..50)
+                    .map(|i| Reading {
+                        device: "pump-1".into(),
+                        metric: "temperature".into(),
+                        time_ms: 1_700_000_000_000 + 1000 * i,
+                        value: Value::Scalar(20.0),
+                    })
+                    .collect(),
+                dead_letters: vec![],
+                messages: 5,
+            })
+            .unwrap();
+        // The first block (45 readings) is damaged.
+        f.store.overwrite_block(0, b"\xff damaged");
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch())
+            .expect("detection goes past a block it cannot decode");
+        assert_eq!((r.read, r.skipped), (5, 0));
+        assert_eq!(f.store.detection_cursor().unwrap(), 50);
+        assert_eq!(f.store.stats().unwrap().counters.readings_unreadable, 45);
+        // Nothing is left to fail on.
+        let r = step(&f.store, &mut f.engine, &mut f.pending, batch()).unwrap();
+        assert_eq!(r.read, 0);
     }
 
     #[test]

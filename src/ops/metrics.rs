@@ -323,6 +323,20 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
         ),
         writes.failing as f64,
     );
+    t.one(
+        "vigil_store_recoveries_total",
+        Counter,
+        "Times the store could not be used (damaged) and was moved aside for a fresh one; kept in the fresh store.",
+        c.store_recoveries as f64,
+    );
+    if let Some(r) = &stats.recovery {
+        t.family(
+            "vigil_store_recovered_timestamp_seconds",
+            Gauge,
+            "When the store in use replaced one that was damaged, since the Unix epoch; moved_to is where the damaged one is.",
+            &[(&[("moved_to", r.moved_to.as_str())], r.at_ms as f64 / 1000.0)],
+        );
+    }
     if let Some(bytes) = p.disk_written_bytes {
         t.one(
             "vigil_disk_written_bytes_total",
@@ -419,6 +433,12 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
         Counter,
         "Outbox entries removed because they could not be decoded.",
         c.outbox_unreadable as f64,
+    );
+    t.one(
+        "vigil_readings_unreadable_total",
+        Counter,
+        "Readings in blocks of the log that could not be decoded (a damaged store): skipped by detection and removed.",
+        c.readings_unreadable as f64,
     );
 
     // Detection.

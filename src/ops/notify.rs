@@ -1,6 +1,7 @@
 //! systemd notifications (`Type=notify`): READY once the store is open and
-//! the stages run, RELOADING/READY around a reload, STOPPING at shutdown, and
-//! watchdog pings while every stage makes progress. Outside systemd
+//! the stages run, RELOADING/READY around a reload, STOPPING at shutdown,
+//! watchdog pings while every stage makes progress, and more time to start
+//! while the store is checked. Outside systemd
 //! (`NOTIFY_SOCKET` unset) every call does nothing.
 
 use std::time::Duration;
@@ -35,6 +36,13 @@ pub fn status(status: &str) {
 
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
+}
+
+/// Ask for `by` more before the start counts as timed out (systemd's
+/// `TimeoutStartSec`), while the start makes progress.
+pub fn extend_start(by: Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
 }
 
 /// How often to ping the watchdog: half its timeout, when systemd set one

@@ -188,6 +188,14 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
             count(s.n("vigil_readings_duplicate_total", &[]))
         );
     }
+    let unreadable = s.n("vigil_readings_unreadable_total", &[]);
+    if unreadable > 0.0 {
+        let _ = write!(
+            readings,
+            ", {} UNREADABLE (damaged, skipped)",
+            count(unreadable)
+        );
+    }
     row(&mut o, "readings", readings);
     row(
         &mut o,
@@ -231,6 +239,18 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
         let _ = write!(store, "; {} failed write(s) since start", count(errors));
     }
     row(&mut o, "store", store);
+    const RECOVERED: &str = "vigil_store_recovered_timestamp_seconds";
+    if let Some(moved_to) = s.label_of(RECOVERED, "moved_to") {
+        let at = s.get(RECOVERED, &[("moved_to", &moved_to)]).unwrap_or(0.0);
+        row(
+            &mut o,
+            "recovered",
+            format!(
+                "the store was DAMAGED and moved to {moved_to} at {}; this is a fresh store",
+                crate::model::rfc3339((at * 1000.0) as crate::model::EpochMs)
+            ),
+        );
+    }
     let lane = |l: &str| {
         let n = s.n("vigil_outbox_entries", &[("lane", l)]);
         let age = s.n("vigil_outbox_oldest_age_seconds", &[("lane", l)]);
@@ -437,6 +457,28 @@ vigil_store_full 1
         );
         assert!(
             text.contains("; WRITES FAILING (4 in a row); 5 failed write(s) since start"),
+            "{text}"
+        );
+        assert!(!text.contains("recovered"), "{text}");
+    }
+
+    #[test]
+    fn summary_of_a_recovered_store_says_where_the_damaged_one_is() {
+        let text = format!(
+            "{TEXT}vigil_store_recoveries_total 1\nvigil_store_recovered_timestamp_seconds{{moved_to=\"/var/lib/vigil/store.corrupt-20261121T100000Z\"}} 1795255200\nvigil_readings_unreadable_total 1024\n"
+        );
+        let text = summary(
+            &Samples::parse(&text),
+            &Origin::Store {
+                path: "/var/lib/vigil/store".into(),
+            },
+        );
+        assert!(
+            text.contains("  recovered      the store was DAMAGED and moved to /var/lib/vigil/store.corrupt-20261121T100000Z at 2026-11-21T10:00:00Z; this is a fresh store\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 rejected (malformed 3), 1,024 UNREADABLE (damaged, skipped)"),
             "{text}"
         );
     }

@@ -19,7 +19,12 @@
 //! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
 //! from the broker until space is freed (`make_room`, in the order set out in
 //! `evict.rs`).
+//!
+//! A store sled cannot open or read (damaged files) is checked for in a
+//! child process before it is used, and moved aside for a fresh one
+//! (`check.rs`, `recover.rs`).
 
+pub mod check;
 mod codec;
 mod copy;
 mod detection;
@@ -27,11 +32,14 @@ mod evict;
 mod failure;
 mod merge;
 mod outbox;
+mod recover;
 
+pub use check::{Checker, Verdict};
 pub use detection::{DetectionCommit, IdleStream};
 pub use evict::Eviction;
 pub use failure::WriteHealth;
 pub use outbox::{Lane, OutboxEntry, OutboxItem};
+pub use recover::{open_or_recover, Recovery};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +95,44 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the store {} is damaged and cannot be read: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
+    #[error("cannot move the damaged store {} aside to {}: {source}", from.display(), to.display())]
+    MoveAside {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// The store's files are damaged (as opposed to a disk that is full,
+    /// read-only or not ours to write, or a store in use): sled found
+    /// corruption, a file it needs is gone or cut short, or our own data
+    /// does not decode. Opening it again would fail the same way.
+    pub fn is_damage(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => true,
+            StoreError::Sled(e) => match e {
+                sled::Error::Corruption { .. }
+                | sled::Error::ReportableBug(_)
+                // Only a damaged `conf` file makes sled 0.34 refuse a store
+                // it wrote itself with the settings `sled_config` fixes.
+                | sled::Error::Unsupported(_)
+                // vigil never drops a tree.
+                | sled::Error::CollectionNotFound(_) => true,
+                // A blob file named by a damaged pointer, a file cut short.
+                sled::Error::Io(io) => matches!(
+                    io.kind(),
+                    ErrorKind::NotFound | ErrorKind::InvalidData | ErrorKind::UnexpectedEof
+                ),
+                #[allow(unreachable_patterns)]
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Counters kept in the store, so they survive restarts.
@@ -121,6 +167,14 @@ pub struct Counters {
     /// Outbox entries removed because they could not be decoded.
     #[serde(default)]
     pub outbox_unreadable: u64,
+    /// Readings in blocks of the log that could not be decoded, removed
+    /// before detection could read them.
+    #[serde(default)]
+    pub readings_unreadable: u64,
+    /// Times the store before this one could not be used (damaged) and was
+    /// moved aside for this one (see `recover.rs`).
+    #[serde(default)]
+    pub store_recoveries: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -145,6 +199,9 @@ struct Meta {
     /// counted once at open.
     #[serde(default)]
     checkpoints_counted: bool,
+    /// This store was started fresh because the one before it was damaged.
+    #[serde(default)]
+    recovery: Option<Recovery>,
 }
 
 impl Meta {
@@ -194,6 +251,8 @@ pub struct Stats {
     pub budget_bytes: u64,
     pub size_on_disk: u64,
     pub counters: Counters,
+    /// Set when this store replaced one that was damaged.
+    pub recovery: Option<Recovery>,
 }
 
 /// Handle to the store; cheap to clone, safe to share between threads.
@@ -288,9 +347,12 @@ fn decode_block_at(first: u64, bytes: &[u8]) -> Result<Vec<Reading>, StoreError>
     decode_block(bytes).map_err(|detail| corrupt_block(first, detail))
 }
 
+/// What a readings block is called in `StoreError::Corrupt`.
+const BLOCK: &str = "readings block";
+
 fn corrupt_block(first: u64, detail: String) -> StoreError {
     StoreError::Corrupt {
-        what: "readings block",
+        what: BLOCK,
         key: first,
         detail,
     }
@@ -329,6 +391,16 @@ fn rebuild_meta(
     Ok(meta)
 }
 
+/// sled's settings for a store, the same wherever it is opened (a change
+/// of some of them, such as the segment size, makes sled refuse the store).
+fn sled_config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        // We fsync at each group commit; a background flusher would only add writes.
+        .flush_every_ms(None)
+}
+
 /// How long to wait for the store's lock before reporting it taken.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
@@ -364,12 +436,30 @@ impl Store {
     /// Open a copy of the store at `config.path`, made under `tmp`, leaving
     /// the store itself as it was (see `copy.rs`): for reading a stopped
     /// agent's store. The copy is removed when the last handle is dropped.
-    /// Fails with `Missing` when there is no store there, and with `Locked`
-    /// when an agent has it open.
-    pub fn open_copy(config: &StoreConfig, tmp: &Path) -> Result<Store, StoreError> {
+    /// Fails with `Missing` when there is no store there, with `Locked`
+    /// when an agent has it open, and with `Damaged` when the copy cannot
+    /// be read (checked first by `checker` in a child process, if given:
+    /// see `check.rs`).
+    pub fn open_copy(
+        config: &StoreConfig,
+        tmp: &Path,
+        checker: Option<&Checker>,
+    ) -> Result<Store, StoreError> {
         let dir = copy::copy_store(&config.path, tmp)?;
         let path = dir.path().to_path_buf();
-        Self::open_with(&path, Self::limits(config), Some(dir))
+        let damaged = |reason| StoreError::Damaged {
+            path: config.path.clone(),
+            reason,
+        };
+        if let Some(checker) = checker {
+            if let Verdict::Damaged(reason) = checker.check(&path, &mut || {}) {
+                return Err(damaged(reason));
+            }
+        }
+        Self::open_with(&path, Self::limits(config), Some(dir)).map_err(|e| match e {
+            e if e.is_damage() => damaged(e.to_string()),
+            e => e,
+        })
     }
 
     fn limits(config: &StoreConfig) -> Limits {
@@ -406,12 +496,7 @@ impl Store {
         copy: Option<copy::CopyDir>,
     ) -> Result<Store, StoreError> {
         failure::remove_unfinished_snapshots(path)?;
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            // We fsync at each group commit; a background flusher would only add writes.
-            .flush_every_ms(None);
-        let db = open_sled(&config).map_err(|e| match e {
+        let db = open_sled(&sled_config(path)).map_err(|e| match e {
             e if is_lock_error(&e) => StoreError::Locked {
                 path: path.to_path_buf(),
             },
@@ -726,6 +811,75 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::readings_within`], for detection: a block of the log
+    /// that cannot be decoded is removed, counted (`readings_unreadable`)
+    /// and logged instead of being returned as an error, which detection
+    /// would retry forever. Also returns how many readings at or after
+    /// `from` were lost so.
+    pub fn readings_to_detect(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(u64, Reading)>, u64), StoreError> {
+        let mut unreadable = 0;
+        loop {
+            match self.readings_within(from, limit, max_bytes) {
+                Err(StoreError::Corrupt {
+                    what: BLOCK,
+                    key: first,
+                    detail,
+                }) => unreadable += self.remove_unreadable_block(first, from, &detail)?,
+                other => return other.map(|readings| (readings, unreadable)),
+            }
+        }
+    }
+
+    /// Remove the block starting at `first`, which cannot be decoded.
+    /// Returns the readings at or after `from` it held: those up to the next
+    /// block (or to the end of the log), since its own count may be what is
+    /// damaged.
+    fn remove_unreadable_block(
+        &self,
+        first: u64,
+        from: u64,
+        detail: &str,
+    ) -> Result<u64, StoreError> {
+        let mut meta = self.meta();
+        let Some(value) = self.inner.readings.get(key(first))? else {
+            return Ok(0);
+        };
+        let end = match self
+            .inner
+            .readings
+            .range(key(first.saturating_add(1))..)
+            .next()
+        {
+            Some(entry) => seq_of(&entry?.0),
+            None => meta.next_seq,
+        };
+        let lost = end.saturating_sub(first.max(from));
+        let mut next = meta.clone();
+        next.readings_bytes = next.readings_bytes.saturating_sub(8 + value.len() as u64);
+        next.counters.readings_unreadable += lost;
+        let meta_bytes = to_cbor("metadata", &next)?;
+        let result: Result<(), TransactionError<()>> =
+            (&self.inner.readings, &self.inner.meta_tree).transaction(|(readings, meta_tree)| {
+                readings.remove(&key(first))?;
+                meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        self.finish(result)?;
+        *meta = next;
+        tracing::error!(
+            first_seq = first,
+            readings = lost,
+            error = detail,
+            "a block of the readings log cannot be decoded (a damaged store): its readings are skipped by detection and the block is removed"
+        );
+        Ok(lost)
+    }
+
     /// The last `n` readings, oldest first.
     pub fn last_readings(&self, n: usize) -> Result<Vec<(u64, Reading)>, StoreError> {
         let next = self.meta().next_seq;
@@ -770,12 +924,22 @@ impl Store {
             budget_bytes: self.inner.limits.budget_bytes,
             size_on_disk: self.inner.db.size_on_disk()?,
             counters: meta.counters,
+            recovery: meta.recovery,
         })
     }
 
     /// Flush everything to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.sync()
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Replace the stored block starting at `first` with `bytes`: a damaged
+    /// store, for tests.
+    pub(crate) fn overwrite_block(&self, first: u64, bytes: &[u8]) {
+        self.inner.readings.insert(key(first), bytes).unwrap();
     }
 }
 

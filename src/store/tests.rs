@@ -304,3 +304,39 @@ fn a_snapshot_left_unfinished_by_a_failed_write_does_not_stop_the_store_opening(
     s.commit(&batch(100..101)).unwrap();
     assert_eq!(s.write_health().errors, 0);
 }
+
+#[test]
+fn a_block_that_cannot_be_decoded_is_removed_and_counted_for_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), 1 << 30);
+        for range in [0..100, 100..150, 150..160] {
+            s.commit(&batch(range)).unwrap();
+        }
+        // Neither its readings nor even their number can be read.
+        let garbage = b"\xff damaged";
+        s.overwrite_block(100, garbage);
+        // Other readers (inspect) get the error as it is.
+        assert!(matches!(
+            s.readings_from(0, usize::MAX),
+            Err(StoreError::Corrupt { key: 100, .. })
+        ));
+        let used = s.used_bytes();
+        // Detection had read up to 120, in the middle of the block: the
+        // 30 readings from there to the next block are lost.
+        let (readings, lost) = s.readings_to_detect(120, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(lost, 30);
+        let seqs: Vec<u64> = readings.iter().map(|(q, _)| *q).collect();
+        assert_eq!(seqs, (150..160).collect::<Vec<_>>());
+        assert_eq!(readings[0].1, reading(150));
+        assert_eq!(s.stats().unwrap().counters.readings_unreadable, 30);
+        assert_eq!(used - s.used_bytes(), 8 + garbage.len() as u64);
+        // Gone: read again, nothing is lost twice.
+        let (again, lost) = s.readings_to_detect(120, usize::MAX, usize::MAX).unwrap();
+        assert_eq!((again.len(), lost), (10, 0));
+        assert_eq!(s.readings_from(0, usize::MAX).unwrap().len(), 110);
+    }
+    // Counted in the store: it survives a restart.
+    let s = open(dir.path(), 1 << 30);
+    assert_eq!(s.stats().unwrap().counters.readings_unreadable, 30);
+}
