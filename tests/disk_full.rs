@@ -16,13 +16,13 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    free_port, http_get, publish_blocking, scrape, series, vigil_cmd, wait_until,
+    free_port, http_get, publish_blocking, run_to_exit, scrape, series, vigil_cmd, wait_until,
     wait_until_commits_settle, Broker, Msg, Options, Setup, VigilProcess, PATIENCE,
 };
 
@@ -359,27 +359,7 @@ fn a_store_that_cannot_be_opened_stops_vigil_with_a_clear_error() {
         fs::set_permissions(&store, fs::Permissions::from_mode(0o555)).unwrap();
         (None, "Permission denied")
     };
-    let mut child = vigil_cmd()
-        .args(["run", "--config"])
-        .arg(&setup.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let exit = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vigil kept running with a store it cannot open");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (exit, stderr) = run_to_exit(&setup, "vigil kept running with a store it cannot open");
     assert!(!exit.success(), "vigil exited with {exit}:\n{stderr}");
     let error = stderr
         .lines()

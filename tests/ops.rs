@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::forward::upstream_table;
 use crate::support::{
-    free_port, http_get, http_request, publish_blocking, scrape, series, vigil_cmd, wait_until,
-    Broker, Msg, Options, Setup, VigilProcess, PATIENCE,
+    free_port, http_get, http_request, publish_blocking, run_to_exit, scrape, series, vigil_cmd,
+    wait_until, Broker, Msg, Options, Setup, VigilProcess, PATIENCE,
 };
 
 /// Event time of the first reading (a whole minute).
@@ -539,27 +539,7 @@ fn a_taken_port_fails_the_start_with_a_clear_error() {
     let mut o = Options::new(broker.port);
     o.http_listen = addr.to_string();
     let setup = Setup::new(&o);
-    let mut child = vigil_cmd()
-        .args(["run", "--config"])
-        .arg(&setup.config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vigil kept running with its HTTP port taken");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = run_to_exit(&setup, "vigil kept running with its HTTP port taken");
     assert!(!status.success(), "vigil exited with {status}:\n{stderr}");
     assert!(
         stderr.contains(&addr.to_string()) && stderr.contains("[http] listen"),

@@ -7,24 +7,14 @@
 use std::collections::BTreeSet;
 
 use crate::support::{
-    publish_blocking, scrape, series, wait_until, Broker, Msg, Options, Setup, VigilProcess,
+    peak_rss_kib, publish_blocking, scrape, series, wait_until, Broker, Msg, Options, Setup,
+    VigilProcess,
 };
 
 const TOPIC: &str = "plant/l1/pump-1/temperature";
 /// Far over the limit below, and over what vigil needs in memory.
 const BIG: usize = 128 << 20;
 const LIMIT: u64 = 64 << 10;
-
-/// Peak resident memory of a process, from /proc (Linux).
-fn peak_rss_bytes(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"));
-    kib * 1024
-}
 
 /// Occurrences of `needle` in vigil's log so far (it spans every start).
 fn vigil_log_count(setup: &Setup, needle: &str) -> usize {
@@ -68,7 +58,7 @@ fn a_payload_far_over_the_limit_is_refused_unread_and_taken_off_the_session() {
             && series(&s, "vigil_broker_connected{broker=\"local\"}") == 1.0
     });
     // Never held whole in memory.
-    let peak = peak_rss_bytes(vigil.pid());
+    let peak = 1024 * peak_rss_kib(vigil.pid()) as usize;
     assert!(peak < BIG, "peak RSS {peak} bytes for a {BIG}-byte payload");
     let s = scrape(addr);
     assert_eq!(series(&s, "vigil_mqtt_packets_too_large_total"), 1.0);

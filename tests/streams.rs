@@ -4,7 +4,8 @@
 //! also after a restart that loads the streams back.
 
 use crate::support::{
-    publish_blocking, scrape, series, wait_until, Broker, Msg, Options, Setup, VigilProcess,
+    peak_rss_kib, publish_blocking, scrape, series, wait_until, Broker, Msg, Options, Setup,
+    VigilProcess,
 };
 
 const NAMES: usize = 100_000;
@@ -15,16 +16,6 @@ const MAX_STREAMS: usize = 10_000;
 /// runtime. Before the cap, every name stayed in memory (1.19 GB for the
 /// same 100,000 names).
 const PEAK_RSS_BOUND_KIB: u64 = 200 * 1024;
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
 
 #[test]
 fn distinct_names_beyond_max_streams_are_stored_counted_and_not_kept() {
@@ -52,7 +43,7 @@ fn distinct_names_beyond_max_streams_are_stored_counted_and_not_kept() {
     );
     assert!(series(&m, "vigil_store_used_bytes{part=\"checkpoints\"}") > 0.0);
     assert!(vigil.log().contains("more streams than detection keeps"));
-    let peak = vm_hwm_kib(vigil.pid());
+    let peak = peak_rss_kib(vigil.pid());
     let status = vigil.terminate();
     assert!(status.success(), "vigil exited with {status}");
     assert!(
@@ -69,7 +60,7 @@ fn distinct_names_beyond_max_streams_are_stored_counted_and_not_kept() {
     let addr = vigil.http_addr();
     vigil.wait_for_log("detection resumes from its checkpoint", 2);
     assert_eq!(series(&scrape(addr), "vigil_streams"), MAX_STREAMS as f64);
-    let peak = vm_hwm_kib(vigil.pid());
+    let peak = peak_rss_kib(vigil.pid());
     vigil.terminate();
     assert!(
         peak < PEAK_RSS_BOUND_KIB,

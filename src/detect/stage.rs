@@ -207,6 +207,11 @@ fn wake_idle(
     batch: &[(u64, crate::model::Reading)],
     now_ms: EpochMs,
 ) -> Result<(), StoreError> {
+    // Idle streams include those put aside since the last commit; without
+    // any, no reading needs a look-up before the engine's own.
+    if engine.idle_streams() == 0 {
+        return Ok(());
+    }
     for (_, r) in batch {
         if let Some(key) = engine.needs_state(&r.device, &r.metric) {
             let state = store.idle_stream_state(&key)?.and_then(|bytes| {

@@ -927,3 +927,46 @@ pub fn series(samples: &std::collections::BTreeMap<String, f64>, key: &str) -> f
         .get(key)
         .unwrap_or_else(|| panic!("no series {key} in /metrics: {samples:#?}"))
 }
+
+/// Peak resident memory (VmHWM) of a process, in KiB, from /proc (Linux).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// `vigil run` on `setup` for a start that must end by itself: its exit
+/// status and what it wrote to stderr. Killed, and the test failed with
+/// `kept_running`, if it is still running after the patience.
+pub fn run_to_exit(setup: &Setup, kept_running: &str) -> (ExitStatus, String) {
+    let mut child = vigil_cmd()
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{kept_running}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
