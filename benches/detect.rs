@@ -1,10 +1,11 @@
 //! Detection benchmark: scalar readings and waveform blocks in, on one core;
 //! out, a Markdown table of readings/s, samples/s, heap and checkpoint bytes
-//! per stream, and the cost of committing detection batches to sled.
+//! per stream, the cost of committing detection batches to sled, and what
+//! sled's files take under a full budget.
 //!
 //! Run with `cargo bench --bench detect`, or `scripts/bench-detect` (which
 //! pins it to one CPU). Arguments pick sections (`scalar`, `waveform`,
-//! `memory`, `store`; default all); `--quick` does a tenth of the work, for
+//! `memory`, `store`, `disk`; default all); `--quick` does a tenth of the work, for
 //! trying a change, not for reporting.
 //!
 //! Every measurement does a fixed amount of work (not a fixed time): a
@@ -923,6 +924,87 @@ fn store(dir: &Path, sensors: usize, rep: &mut Report) {
     );
 }
 
+/// Files of a store with readings flowing through it at disk speed, once
+/// full: each batch committed, the oldest readings trimmed to make room
+/// (detection caught up). `samples` 0 for scalar readings.
+fn disk(dir: &Path, budget: u64, samples: usize, rep: &mut Report) {
+    let store_dir = tempfile::Builder::new()
+        .prefix("vigil-bench-disk")
+        .tempdir_in(dir)
+        .expect("a store directory");
+    let store =
+        Store::open_at(store_dir.path(), budget, 10_000, budget / 16).expect("open the store");
+    // Batches of about 20 KB: 500 scalar readings or 8 blocks of 8,192 samples.
+    let per_batch = if samples == 0 { 500 } else { 8 };
+    let to_write = rep.scale(10) * budget;
+    let mut written = 0u64;
+    let mut t: EpochMs = 1_790_000_000_000;
+    let mut peak = 0u64;
+    let mut last = (0u64, 0u64);
+    while written < to_write {
+        let readings: Vec<Reading> = (0..per_batch)
+            .map(|k| {
+                t += 10;
+                let value = if samples == 0 {
+                    Value::Scalar((t % 1000) as f64 * 0.37)
+                } else {
+                    Value::Waveform(Waveform {
+                        sample_rate_hz: 25_600.0,
+                        samples: (0..samples)
+                            .map(|i| ((i as f32) * 0.01 + k as f32).sin())
+                            .collect(),
+                    })
+                };
+                Reading {
+                    device: format!("sensor-{:02}", k % 20),
+                    metric: "vibration".into(),
+                    time_ms: t,
+                    value,
+                }
+            })
+            .collect();
+        let messages = readings.len() as u64;
+        let before = store.stats().expect("store stats").readings_bytes;
+        store
+            .commit(&Batch {
+                readings,
+                dead_letters: Vec::new(),
+                messages,
+            })
+            .expect("commit a batch");
+        let stats = store.stats().expect("store stats");
+        written += stats.readings_bytes.saturating_sub(before);
+        store.make_room(stats.next_seq).expect("make room");
+        let stats = store.stats().expect("store stats");
+        let data = stats.readings_bytes + stats.checkpoint_bytes;
+        peak = peak.max(stats.size_on_disk);
+        last = (stats.size_on_disk, data);
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let kind = if samples == 0 {
+        "scalar readings".to_string()
+    } else {
+        format!("waveforms of {} samples", grouped(samples as f64))
+    };
+    rep.row(
+        "5. store files under a full budget",
+        format!(
+            "budget {:.0} MiB, {:.0} MiB of {kind} written through it (oldest trimmed), fsync per batch",
+            mib(budget),
+            mib(to_write)
+        ),
+        format!(
+            "**{:.2}× the budget** at most ({:.0} MiB of files), {:.2}× at the end with {:.0} MiB of data",
+            peak as f64 / budget as f64,
+            mib(peak),
+            last.0 as f64 / budget as f64,
+            mib(last.1),
+        ),
+        "—",
+        None,
+    );
+}
+
 // ------------------------------------------------------------ main
 
 fn cpus_allowed() -> String {
@@ -935,7 +1017,7 @@ fn cpus_allowed() -> String {
 }
 
 fn main() {
-    let args = Args::parse("detect", &["scalar", "waveform", "memory", "store"]);
+    let args = Args::parse("detect", &["scalar", "waveform", "memory", "store", "disk"]);
     let dir = tempfile::Builder::new()
         .prefix("vigil-bench-detect")
         .tempdir()
@@ -979,6 +1061,12 @@ fn main() {
     if args.run("store") {
         store(dir.path(), 1000, &mut rep);
         store(dir.path(), 10, &mut rep);
+    }
+    if args.run("disk") {
+        disk(dir.path(), 16 << 20, 0, &mut rep);
+        disk(dir.path(), 64 << 20, 0, &mut rep);
+        disk(dir.path(), 64 << 20, 8192, &mut rep);
+        disk(dir.path(), 256 << 20, 0, &mut rep);
     }
 
     let intro = format!(

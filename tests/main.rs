@@ -27,3 +27,4 @@ mod simulate;
 mod store_damage;
 mod streams;
 mod tls;
+mod waveform_memory;

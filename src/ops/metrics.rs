@@ -292,7 +292,7 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
     t.one(
         "vigil_store_size_on_disk_bytes",
         Gauge,
-        "Size of the store's files on disk.",
+        "Size of the store's files on disk (log, blobs, snapshots).",
         stats.size_on_disk as f64,
     );
     t.one(

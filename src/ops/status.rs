@@ -211,6 +211,7 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
         "outbox_alerts",
         "outbox_aggregates",
         "dead_letters",
+        "checkpoints",
     ]
     .iter()
     .map(|p| s.n("vigil_store_used_bytes", &[("part", p)]))

@@ -4,8 +4,9 @@
 //!
 //! Trees:
 //! - `readings`: big-endian u64 sequence of a block's first reading → CBOR
-//!   array of readings. Appending whole blocks keeps values compact and makes
-//!   a group commit one sled insert per block rather than one per reading.
+//!   array of readings, cut into parts of at most 2 KiB (`parts.rs`).
+//!   Appending whole blocks keeps values compact and makes a group commit a
+//!   few sled inserts per block rather than one per reading.
 //! - `dead_letters`: big-endian u64 sequence → CBOR `DeadLetter`, bounded in
 //!   count and bytes; the oldest are dropped first, and counted.
 //! - `meta`: sequence numbers, byte accounting and counters, written in the
@@ -14,9 +15,10 @@
 //! - `outbox_alerts`, `outbox_aggregates`: what detection produced, until
 //!   the upstream broker acknowledges it (`outbox.rs`).
 //!
-//! Disk budget: the readings log, the outbox and the dead letters are
-//! accounted in bytes (keys + encoded values). While that total is at or above the budget,
-//! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
+//! Disk budget: the readings log, the outbox, the dead letters and the
+//! checkpoints are accounted in bytes (keys + encoded values); sled's files
+//! take more than that (`disk.rs`). While that total is at or above the
+//! budget, `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
 //! from the broker until space is freed (`make_room`, in the order set out in
 //! `evict.rs`).
 //!
@@ -28,10 +30,12 @@ pub mod check;
 mod codec;
 mod copy;
 mod detection;
+mod disk;
 mod evict;
 mod failure;
 mod merge;
 mod outbox;
+mod parts;
 mod recover;
 
 pub use check::{Checker, Verdict};
@@ -249,6 +253,7 @@ pub struct Stats {
     /// Next reading detection will process.
     pub detection_cursor: u64,
     pub budget_bytes: u64,
+    /// The store's files: sled's log, blobs, snapshots.
     pub size_on_disk: u64,
     pub counters: Counters,
     /// Set when this store replaced one that was damaged.
@@ -283,6 +288,8 @@ struct Inner {
     /// once the second has caught up with the first (see `outbox.rs`).
     outbox_writes: AtomicU64,
     outbox_synced: AtomicU64,
+    /// The store's directory.
+    path: PathBuf,
     /// The directory of a copy opened for reading (`open_copy`), removed
     /// after everything above it is dropped (fields drop in order).
     _copy: Option<copy::CopyDir>,
@@ -367,12 +374,10 @@ fn rebuild_meta(
     outbox: &[sled::Tree; 2],
 ) -> Result<Meta, StoreError> {
     let mut meta = Meta::default();
-    for entry in readings.iter() {
-        let (k, v) = entry?;
-        let first = seq_of(&k);
-        let count = block_len_at(first, &v)?;
-        meta.next_seq = meta.next_seq.max(first.saturating_add(count));
-        meta.readings_bytes += (k.len() + v.len()) as u64;
+    for block in parts::blocks(readings.iter()) {
+        let block = block?;
+        meta.next_seq = meta.next_seq.max(block.first.saturating_add(block.len()?));
+        meta.readings_bytes += block.stored_bytes();
     }
     for entry in dead.iter() {
         let (k, v) = entry?;
@@ -536,6 +541,7 @@ impl Store {
                 checkpoints,
                 outbox,
                 limits,
+                path: path.to_path_buf(),
                 meta: Mutex::new(meta),
                 claims: Mutex::default(),
                 writes: Mutex::default(),
@@ -626,13 +632,14 @@ impl Store {
         let first_seq = meta.next_seq;
 
         // Encode outside the transaction: sled may run the closure more than once.
-        let mut blocks: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+        let mut blocks: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut seq = first_seq;
         let mut added_bytes = 0u64;
         for chunk in codec::chunk(&batch.readings, BLOCK_MAX_READINGS, BLOCK_MAX_BYTES) {
-            let value = encode_block(chunk)?;
-            added_bytes += 8 + value.len() as u64;
-            blocks.push((key(seq), value));
+            for (k, v) in parts::split(seq, &encode_block(chunk)?) {
+                added_bytes += (k.len() + v.len()) as u64;
+                blocks.push((k, v));
+            }
             seq += chunk.len() as u64;
         }
 
@@ -687,7 +694,7 @@ impl Store {
         )
             .transaction(|(readings, dead, meta_tree)| {
                 for (k, v) in &blocks {
-                    readings.insert(&k[..], v.as_slice())?;
+                    readings.insert(k.as_slice(), v.as_slice())?;
                 }
                 for (k, v) in &dead_inserts {
                     dead.insert(&k[..], v.as_slice())?;
@@ -725,21 +732,18 @@ impl Store {
         let mut meta = self.meta();
         let mut next = meta.clone();
         let mut removals = Vec::new();
-        for entry in self.inner.readings.range(..key(seq)) {
+        for block in parts::blocks(self.inner.readings.range(..key(seq))) {
             if next.used_bytes() <= target {
                 break;
             }
-            let (k, v) = entry?;
-            let first = seq_of(&k);
-            let count = block_len_at(first, &v)?;
-            if first.saturating_add(count) > seq {
+            let block = block?;
+            let count = block.len()?;
+            if block.first.saturating_add(count) > seq {
                 break;
             }
-            next.readings_bytes = next
-                .readings_bytes
-                .saturating_sub((k.len() + v.len()) as u64);
+            next.readings_bytes = next.readings_bytes.saturating_sub(block.stored_bytes());
             next.counters.readings_trimmed += count;
-            removals.push(k);
+            removals.extend(block.keys);
         }
         if removals.is_empty() {
             return Ok(0);
@@ -789,13 +793,13 @@ impl Store {
         let full = |out: &Vec<(u64, Reading)>, bytes: usize| {
             out.len() >= limit || (!out.is_empty() && bytes >= max_bytes)
         };
-        'blocks: for entry in self.inner.readings.range(key(start)..) {
+        'blocks: for entry in parts::blocks(self.inner.readings.range(key(start)..)) {
             if full(&out, bytes) {
                 break;
             }
-            let (k, v) = entry?;
-            let first = seq_of(&k);
-            let block = decode_block_at(first, &v)?;
+            let stored = entry?;
+            let first = stored.first;
+            let block = stored.decode()?;
             for (i, r) in block.into_iter().enumerate() {
                 let seq = first + i as u64;
                 if seq < from {
@@ -846,7 +850,14 @@ impl Store {
         detail: &str,
     ) -> Result<u64, StoreError> {
         let mut meta = self.meta();
-        let Some(value) = self.inner.readings.get(key(first))? else {
+        let Some(block) = parts::blocks(
+            self.inner
+                .readings
+                .range(key(first)..key(first.saturating_add(1))),
+        )
+        .next()
+        .transpose()?
+        else {
             return Ok(0);
         };
         let end = match self
@@ -860,12 +871,14 @@ impl Store {
         };
         let lost = end.saturating_sub(first.max(from));
         let mut next = meta.clone();
-        next.readings_bytes = next.readings_bytes.saturating_sub(8 + value.len() as u64);
+        next.readings_bytes = next.readings_bytes.saturating_sub(block.stored_bytes());
         next.counters.readings_unreadable += lost;
         let meta_bytes = to_cbor("metadata", &next)?;
         let result: Result<(), TransactionError<()>> =
             (&self.inner.readings, &self.inner.meta_tree).transaction(|(readings, meta_tree)| {
-                readings.remove(&key(first))?;
+                for k in &block.keys {
+                    readings.remove(k)?;
+                }
                 meta_tree.insert(META_KEY, meta_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
@@ -922,7 +935,7 @@ impl Store {
             checkpoint_bytes: meta.checkpoint_bytes,
             detection_cursor,
             budget_bytes: self.inner.limits.budget_bytes,
-            size_on_disk: self.inner.db.size_on_disk()?,
+            size_on_disk: disk::files_bytes(&self.inner.path).map_err(sled::Error::from)?,
             counters: meta.counters,
             recovery: meta.recovery,
         })
@@ -936,9 +949,12 @@ impl Store {
 
 #[cfg(test)]
 impl Store {
-    /// Replace the stored block starting at `first` with `bytes`: a damaged
-    /// store, for tests.
+    /// Replace the stored block starting at `first` (all its parts) with
+    /// `bytes`: a damaged store, for tests.
     pub(crate) fn overwrite_block(&self, first: u64, bytes: &[u8]) {
+        for k in self.inner.readings.range(key(first)..key(first + 1)).keys() {
+            self.inner.readings.remove(k.unwrap()).unwrap();
+        }
         self.inner.readings.insert(key(first), bytes).unwrap();
     }
 }

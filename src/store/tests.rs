@@ -340,3 +340,78 @@ fn a_block_that_cannot_be_decoded_is_removed_and_counted_for_detection() {
     let s = open(dir.path(), 1 << 30);
     assert_eq!(s.stats().unwrap().counters.readings_unreadable, 30);
 }
+
+#[test]
+fn a_large_block_is_kept_in_small_parts_read_back_whole_and_trimmed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    // 2 MiB of samples, 2.5 MB encoded: stored whole, sled made it a blob
+    // file (one per version of its leaf), which outlived its removal.
+    let wave = Reading {
+        value: Value::Waveform(crate::model::Waveform {
+            sample_rate_hz: 25_600.0,
+            samples: (0..500_000).map(|i| (i as f32 * 0.37).sin()).collect(),
+        }),
+        ..reading(0)
+    };
+    let big = Batch {
+        readings: vec![wave.clone()],
+        dead_letters: vec![],
+        messages: 1,
+    };
+    s.commit(&batch(0..10)).unwrap();
+    s.commit(&big).unwrap();
+    s.commit(&batch(11..20)).unwrap();
+    s.flush().unwrap();
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0, "no value large enough for a blob file");
+    let largest = s
+        .inner
+        .readings
+        .iter()
+        .map(|e| e.unwrap().1.len())
+        .max()
+        .unwrap();
+    assert!(largest <= parts::PART_MAX_BYTES, "largest value {largest}");
+
+    // Read from inside and from after the block.
+    let got = s.readings_from(5, usize::MAX).unwrap();
+    let seqs: Vec<u64> = got.iter().map(|(q, _)| *q).collect();
+    assert_eq!(seqs, (5..20).collect::<Vec<_>>());
+    assert_eq!(got[5].1, wave);
+    assert_eq!(s.readings_from(11, 1).unwrap()[0].0, 11);
+    assert_eq!(s.last_readings(3).unwrap()[0].0, 17);
+
+    // Accounted in full, and trimmed in full: nothing of it stays behind.
+    let used = s.used_bytes();
+    assert!(used > 2_500_000, "{used}");
+    s.trim_before(11).unwrap();
+    assert!(s.used_bytes() < 2_000, "{}", s.used_bytes());
+    assert_eq!(s.inner.readings.range(key(10)..key(11)).count(), 0);
+    assert_eq!(s.readings_from(0, usize::MAX).unwrap().len(), 9);
+    // A restart recounts the same from what is stored.
+    let rebuilt = rebuild_meta(&s.inner.readings, &s.inner.dead, &s.inner.outbox).unwrap();
+    assert_eq!(rebuilt.readings_bytes, s.meta().readings_bytes);
+    assert_eq!(rebuilt.next_seq, 20);
+}
+
+#[test]
+fn a_block_stored_whole_by_an_earlier_version_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), 1 << 30);
+    s.commit(&batch(0..3000)).unwrap();
+    // Earlier versions kept each block under its 8-byte key, whole.
+    let whole = codec::encode_block(&(0..1024).map(reading).collect::<Vec<_>>()).unwrap();
+    assert!(whole.len() > parts::PART_MAX_BYTES);
+    s.overwrite_block(0, &whole);
+    let got = s.readings_from(1000, 30).unwrap();
+    assert_eq!(got[0], (1000, reading(1000)));
+    assert_eq!(got[29], (1029, reading(1029)));
+    let rebuilt = rebuild_meta(&s.inner.readings, &s.inner.dead, &s.inner.outbox).unwrap();
+    assert_eq!(rebuilt.next_seq, 3000);
+    assert_eq!(s.trim_before(1024).unwrap(), 1024);
+    assert_eq!(s.inner.readings.range(key(0)..key(1)).count(), 0);
+    assert_eq!(s.readings_from(0, 1).unwrap()[0].0, 1024);
+}
