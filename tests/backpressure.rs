@@ -16,7 +16,8 @@ const N: u64 = 3_000;
 async fn full_budget_pauses_ingest_until_detection_frees_space() {
     let broker = Broker::start();
     let mut options = Options::new(broker.port);
-    options.budget_bytes = 8 * 1024;
+    // 8 KiB for data.
+    options.budget_bytes = 20 * 1024;
     options.flush_max_readings = 50;
     // Windows of 1,000 readings: three small aggregates, so the outbox
     // leaves the budget to the readings log.

@@ -181,7 +181,8 @@ fn commit_of(engine: &mut Engine, cursor: u64, out: Output) -> DetectionCommit {
     }
 }
 
-/// Stream states may take at most this share of the disk budget: beyond it
+/// Stream states may take at most this share of the store's data limit
+/// (`Store::data_limit`): beyond it
 /// the idle streams seen longest ago are forgotten, and new streams are
 /// refused while none is left to forget.
 const STATE_BUDGET_SHARE: u64 = 4;
@@ -190,7 +191,7 @@ const FORGET_PER_STEP: usize = 256;
 
 /// Keep stream states within their share of the budget.
 fn keep_states_in_budget(store: &Store, engine: &mut Engine) {
-    if store.checkpoint_bytes() > store.budget_bytes() / STATE_BUDGET_SHARE {
+    if store.checkpoint_bytes() > store.data_limit() / STATE_BUDGET_SHARE {
         if engine.forget_oldest_idle(FORGET_PER_STEP) == 0 {
             engine.set_admit_new(false);
         }
@@ -608,7 +609,7 @@ impl Pending {
                 || self.last_read.elapsed() >= self.idle
                 || self.out.aggregates.len() >= PENDING_MAX
                 // A full store waits for this cursor to trim readings.
-                || store.used_bytes() >= store.budget_bytes())
+                || store.is_full())
     }
 }
 

@@ -232,6 +232,7 @@ pub async fn run(task: Task) {
                             warn!(
                                 used_bytes = store.used_bytes(),
                                 budget_bytes = store.budget_bytes(),
+                                data_limit_bytes = store.data_limit(),
                                 "store budget used up; ingest paused (no acks, no reads from the broker) until space frees"
                             );
                             full_since = Some(Instant::now());

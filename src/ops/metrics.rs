@@ -273,8 +273,14 @@ pub fn render(o: &Observed) -> Result<String, StoreError> {
     t.one(
         "vigil_store_budget_bytes",
         Gauge,
-        "Disk budget of the readings log, outbox and dead letters.",
+        "Disk budget: what the store's files may take.",
         stats.budget_bytes as f64,
+    );
+    t.one(
+        "vigil_store_data_limit_bytes",
+        Gauge,
+        "What the store's data may take: the share of the budget that keeps its files within the budget.",
+        stats.data_limit_bytes as f64,
     );
     t.by(
         "vigil_store_used_bytes",

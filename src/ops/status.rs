@@ -217,16 +217,18 @@ pub fn summary(s: &Samples, origin: &Origin) -> String {
     .map(|p| s.n("vigil_store_used_bytes", &[("part", p)]))
     .sum();
     let budget = s.n("vigil_store_budget_bytes", &[]);
+    let limit = s.n("vigil_store_data_limit_bytes", &[]);
     let mut store = format!(
-        "{} of {} budget ({:.0}%), {} on disk",
+        "{} of {} for data ({:.0}%), {} on disk of a {} budget",
         bytes(used),
-        bytes(budget),
-        if budget > 0.0 {
-            used / budget * 100.0
+        bytes(limit),
+        if limit > 0.0 {
+            used / limit * 100.0
         } else {
             0.0
         },
         bytes(s.n("vigil_store_size_on_disk_bytes", &[])),
+        bytes(budget),
     );
     if s.n("vigil_store_full", &[]) > 0.0 {
         store.push_str("; FULL, ingest waits");
@@ -391,7 +393,8 @@ vigil_messages_rejected_total{reason="malformed"} 3
 vigil_messages_rejected_total{reason="schema"} 0
 vigil_store_used_bytes{part="readings"} 1048576
 vigil_store_used_bytes{part="outbox_alerts"} 0
-vigil_store_budget_bytes 4194304
+vigil_store_budget_bytes 10485760
+vigil_store_data_limit_bytes 4194304
 vigil_outbox_entries{lane="aggregates"} 12
 vigil_outbox_oldest_age_seconds{lane="aggregates"} 125
 vigil_store_full 1
@@ -429,7 +432,10 @@ vigil_store_full 1
             text.contains("1,234,567 stored, 3 rejected (malformed 3)"),
             "{text}"
         );
-        assert!(text.contains("1.0 MiB of 4.0 MiB budget (25%)"), "{text}");
+        assert!(
+            text.contains("1.0 MiB of 4.0 MiB for data (25%), 0 B on disk of a 10.0 MiB budget"),
+            "{text}"
+        );
         assert!(text.contains("FULL, ingest waits"), "{text}");
         assert!(
             text.contains("12 aggregates (oldest 2 min 5 s old)"),

@@ -2,7 +2,7 @@
 //!
 //! 1. raw readings detection has already consumed, oldest first (they were
 //!    kept only as retention); if the readings detection has not processed
-//!    yet still hold more than 1/8 of the budget, detection is behind and
+//!    yet still hold more than 1/8 of the data limit, detection is behind and
 //!    nothing else gives way: ingest pauses until it catches up;
 //! 2. the oldest aggregates: first merged, per stream, into coarser ones
 //!    (up to ten consecutive windows into one, again and again, up to a day
@@ -10,7 +10,9 @@
 //! 3. alerts, oldest first, and only while the alerts lane is over its hard
 //!    cap (`store.alerts_max_bytes`).
 //!
-//! Space is freed down to a little below the budget (`headroom`), so that a
+//! The store is full when its data reaches the data limit (the share of the
+//! budget that keeps sled's files within it: `disk.rs`). Space is freed
+//! down to a little below that limit (`headroom`), so that a
 //! full store does not run this for every batch. Nothing the forwarder has
 //! claimed (sent, waiting for its PUBACK) is touched. Every merge and every
 //! drop is counted in the store's counters and logged.
@@ -37,7 +39,7 @@ const MAX_PASSES: usize = 64;
 /// Most entries dropped in one transaction.
 const DROP_MAX: usize = 8192;
 /// The outbox is squeezed only while the readings log (then all unprocessed)
-/// holds less than this fraction of the budget.
+/// holds less than this fraction of the data limit.
 const READINGS_SHARE: u64 = 8;
 
 /// What one `make_room` call did.
@@ -53,9 +55,9 @@ pub struct Eviction {
     pub alerts_dropped: u64,
 }
 
-/// Bytes freed below the budget once it is reached.
-fn headroom(budget: u64) -> u64 {
-    (budget / 32).clamp(4096, 64 << 20).min(budget / 4)
+/// Bytes freed below the data limit once it is reached.
+fn headroom(limit: u64) -> u64 {
+    (limit / 32).clamp(4096, 64 << 20).min(limit / 4)
 }
 
 /// First sequence number eviction may touch in `lane`: after every claimed
@@ -71,18 +73,18 @@ impl Store {
     /// Free space if the store is full; `consumed_before` is detection's
     /// cursor (readings below it may go). Blocking.
     pub fn make_room(&self, consumed_before: u64) -> Result<Eviction, StoreError> {
-        let budget = self.budget_bytes();
+        let limit = self.data_limit();
         let mut ev = Eviction::default();
-        if self.used_bytes() < budget {
+        if self.used_bytes() < limit {
             return Ok(ev);
         }
-        let target = budget - headroom(budget);
+        let target = limit - headroom(limit);
         ev.readings_trimmed = self.trim(consumed_before, target)?;
         // Readings detection has yet to process fill the store: it is behind,
         // not out of room. They will be trimmed once processed, and ingest
         // pauses until then; squeezing the outbox would not help for long.
-        if self.meta().readings_bytes > budget / READINGS_SHARE {
-            log(&ev, self.used_bytes(), budget);
+        if self.meta().readings_bytes > limit / READINGS_SHARE {
+            log(&ev, self.used_bytes(), limit);
             return Ok(ev);
         }
         for _ in 0..MAX_PASSES {
@@ -109,7 +111,7 @@ impl Store {
                 break;
             }
         }
-        log(&ev, self.used_bytes(), budget);
+        log(&ev, self.used_bytes(), limit);
         Ok(ev)
     }
 
@@ -281,12 +283,12 @@ fn chunks(items: &[Part]) -> Vec<&[Part]> {
     out
 }
 
-fn log(ev: &Eviction, used: u64, budget: u64) {
+fn log(ev: &Eviction, used: u64, limit: u64) {
     if ev.readings_trimmed > 0 {
         info!(
             readings = ev.readings_trimmed,
             used_bytes = used,
-            budget_bytes = budget,
+            data_limit_bytes = limit,
             "store full: removed the oldest readings detection has already processed"
         );
     }
@@ -295,7 +297,7 @@ fn log(ev: &Eviction, used: u64, budget: u64) {
             merged = ev.aggregates_merged,
             into = ev.aggregate_merges,
             used_bytes = used,
-            budget_bytes = budget,
+            data_limit_bytes = limit,
             "store full: merged old aggregates into coarser ones"
         );
     }
@@ -304,7 +306,7 @@ fn log(ev: &Eviction, used: u64, budget: u64) {
             dropped = ev.aggregates_dropped,
             windows = ev.aggregate_windows_dropped,
             used_bytes = used,
-            budget_bytes = budget,
+            data_limit_bytes = limit,
             "store full: dropped the oldest aggregates (nothing left to merge); raise store.budget_bytes or restore the uplink"
         );
     }
@@ -312,7 +314,7 @@ fn log(ev: &Eviction, used: u64, budget: u64) {
         error!(
             dropped = ev.alerts_dropped,
             used_bytes = used,
-            budget_bytes = budget,
+            data_limit_bytes = limit,
             "store full: dropped the oldest alerts (over store.alerts_max_bytes); raise the budget or restore the uplink"
         );
     }

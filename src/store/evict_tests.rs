@@ -85,8 +85,9 @@ fn lane_totals(s: &Store) -> (u64, f64) {
 #[test]
 fn consumed_readings_go_first_then_aggregates_are_merged_then_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 100_000;
-    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
+    let limit = 100_000;
+    let s = Store::open_at(dir.path(), limit * 5 / 2, 100, 1024).unwrap();
+    assert_eq!(s.data_limit(), limit);
     let mut next = 0;
     while s.used_bytes() < 60_000 {
         let Commit::Stored { count, .. } = s.commit(&readings(200, next as usize)).unwrap() else {
@@ -110,7 +111,7 @@ fn consumed_readings_go_first_then_aggregates_are_merged_then_dropped() {
         batch(&s, 10);
     }
     // Readings are most of what is stored.
-    assert!(s.stats().unwrap().readings_bytes > budget / 2);
+    assert!(s.stats().unwrap().readings_bytes > limit / 2);
     let outbox_before = s.stats().unwrap().outbox;
 
     // 1. Consumed readings alone make enough room: the outbox is untouched.
@@ -118,7 +119,7 @@ fn consumed_readings_go_first_then_aggregates_are_merged_then_dropped() {
     assert!(ev.readings_trimmed > 0, "{ev:?}");
     assert_eq!(ev.aggregates_merged + ev.aggregates_dropped, 0, "{ev:?}");
     assert_eq!(s.stats().unwrap().outbox, outbox_before);
-    assert!(s.used_bytes() < budget);
+    assert!(s.used_bytes() < limit);
 
     // 2. Then aggregates are merged, round after round, before any is dropped.
     let mut merged_before_first_drop = 0;
@@ -170,15 +171,16 @@ fn consumed_readings_go_first_then_aggregates_are_merged_then_dropped() {
     // Alerts were under their cap: all still there.
     assert_eq!(totals.alerts_dropped, 0);
     assert_eq!(stats.outbox[0], 5);
-    assert!(s.used_bytes() < budget);
+    assert!(s.used_bytes() < limit);
 }
 
 #[test]
 fn alerts_give_way_only_when_full_and_over_their_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 50_000;
-    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
-    let cap = (budget - 1024) / 2;
+    let limit = 50_000;
+    let s = Store::open_at(dir.path(), limit * 5 / 2, 100, 1024).unwrap();
+    // The default alerts cap, a bound of disk space, scaled like the budget.
+    let cap = crate::store::disk::data_share((limit * 5 / 2 - 1024) / 2);
 
     // Full of unconsumed readings plus alerts under the cap: nothing may go.
     let mut next = 0;
@@ -198,7 +200,7 @@ fn alerts_give_way_only_when_full_and_over_their_cap() {
 
     // Alerts over the cap in a full store: the oldest go, and only as many as needed.
     s.trim_before(next).unwrap();
-    while s.used_bytes() < budget {
+    while s.used_bytes() < limit {
         add(&s, next, vec![alert(i)], Vec::new());
         i += 1;
     }
@@ -208,9 +210,9 @@ fn alerts_give_way_only_when_full_and_over_their_cap() {
     let stats = s.stats().unwrap();
     assert_eq!(stats.outbox[0] + ev.alerts_dropped, produced);
     assert_eq!(stats.counters.alerts_dropped, ev.alerts_dropped);
-    assert!(s.used_bytes() <= budget - headroom(budget));
+    assert!(s.used_bytes() <= limit - headroom(limit));
     // A few more would have been enough to stop at the target.
-    assert!(s.used_bytes() > budget - headroom(budget) - 2_000);
+    assert!(s.used_bytes() > limit - headroom(limit) - 2_000);
     let first = s.outbox(Lane::Alerts, 0, 1).unwrap()[0].seq;
     assert_eq!(first, ev.alerts_dropped, "the oldest alerts go first");
 }
@@ -218,8 +220,8 @@ fn alerts_give_way_only_when_full_and_over_their_cap() {
 #[test]
 fn claimed_entries_are_never_merged_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 40_000;
-    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
+    let limit = 40_000;
+    let s = Store::open_at(dir.path(), limit * 5 / 2, 100, 1024).unwrap();
     let mut hour = 0;
     while !s.is_full() {
         add(&s, 0, Vec::new(), vec![aggregate("a", hour)]);
@@ -251,8 +253,8 @@ fn claimed_entries_are_never_merged_or_dropped() {
 #[test]
 fn a_merged_aggregate_is_on_disk_before_the_forwarder_gets_it() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 40_000;
-    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
+    let limit = 40_000;
+    let s = Store::open_at(dir.path(), limit * 5 / 2, 100, 1024).unwrap();
     let mut hour = 0;
     while !s.is_full() {
         add(&s, 0, Vec::new(), vec![aggregate("a", hour)]);
@@ -274,8 +276,8 @@ fn a_merged_aggregate_is_on_disk_before_the_forwarder_gets_it() {
 #[test]
 fn the_outbox_is_left_alone_while_detection_is_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let budget = 40_000;
-    let s = Store::open_at(dir.path(), budget, 100, 1024).unwrap();
+    let limit = 40_000;
+    let s = Store::open_at(dir.path(), limit * 5 / 2, 100, 1024).unwrap();
     add(
         &s,
         0,

@@ -16,9 +16,10 @@
 //!   the upstream broker acknowledges it (`outbox.rs`).
 //!
 //! Disk budget: the readings log, the outbox, the dead letters and the
-//! checkpoints are accounted in bytes (keys + encoded values); sled's files
-//! take more than that (`disk.rs`). While that total is at or above the
-//! budget, `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
+//! checkpoints are accounted in bytes (keys + encoded values). sled's files
+//! take about twice that, so the data may take 2/5 of the budget, its data
+//! limit (`disk.rs`). While that total is at or above the data limit,
+//! `commit` refuses new data (`Commit::Full`) and ingest stops taking messages
 //! from the broker until space is freed (`make_room`, in the order set out in
 //! `evict.rs`).
 //!
@@ -253,6 +254,8 @@ pub struct Stats {
     /// Next reading detection will process.
     pub detection_cursor: u64,
     pub budget_bytes: u64,
+    /// What the data may take (`disk.rs`).
+    pub data_limit_bytes: u64,
     /// The store's files: sled's log, blobs, snapshots.
     pub size_on_disk: u64,
     pub counters: Counters,
@@ -295,12 +298,36 @@ struct Inner {
     _copy: Option<copy::CopyDir>,
 }
 
+/// The store's bounds. The byte bounds configured are of disk space; the
+/// data they allow is their share that keeps sled's files within them
+/// (`disk.rs`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// `store.budget_bytes`, for the files.
     budget_bytes: u64,
+    /// What the data may take: its share of the budget.
+    data_bytes: u64,
     dead_letter_max: u64,
     dead_letter_max_bytes: u64,
     alerts_max_bytes: u64,
+}
+
+impl Limits {
+    /// From the configured bounds, all byte bounds of disk space.
+    fn new(
+        budget_bytes: u64,
+        dead_letter_max: u64,
+        dead_letter_max_bytes: u64,
+        alerts_max_bytes: u64,
+    ) -> Limits {
+        Limits {
+            budget_bytes,
+            data_bytes: disk::data_share(budget_bytes),
+            dead_letter_max,
+            dead_letter_max_bytes: disk::data_share(dead_letter_max_bytes),
+            alerts_max_bytes: disk::data_share(alerts_max_bytes),
+        }
+    }
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -468,12 +495,12 @@ impl Store {
     }
 
     fn limits(config: &StoreConfig) -> Limits {
-        Limits {
-            budget_bytes: config.budget_bytes,
-            dead_letter_max: config.dead_letter_max as u64,
-            dead_letter_max_bytes: config.dead_letter_max_bytes,
-            alerts_max_bytes: config.alerts_max_bytes,
-        }
+        Limits::new(
+            config.budget_bytes,
+            config.dead_letter_max as u64,
+            config.dead_letter_max_bytes,
+            config.alerts_max_bytes,
+        )
     }
 
     /// Open with the default alerts cap (half of what the dead letters leave).
@@ -485,12 +512,12 @@ impl Store {
     ) -> Result<Store, StoreError> {
         Self::open_with(
             path,
-            Limits {
+            Limits::new(
                 budget_bytes,
                 dead_letter_max,
                 dead_letter_max_bytes,
-                alerts_max_bytes: budget_bytes.saturating_sub(dead_letter_max_bytes) / 2,
-            },
+                budget_bytes.saturating_sub(dead_letter_max_bytes) / 2,
+            ),
             None,
         )
     }
@@ -612,13 +639,20 @@ impl Store {
         self.meta().used_bytes()
     }
 
+    /// `store.budget_bytes`: what the store's files may take.
     pub fn budget_bytes(&self) -> u64 {
         self.inner.limits.budget_bytes
     }
 
-    /// True while the budget is used up.
+    /// What the data may take: the share of the budget that keeps sled's
+    /// files within it (`disk.rs`).
+    pub fn data_limit(&self) -> u64 {
+        self.inner.limits.data_bytes
+    }
+
+    /// True while the data limit is used up.
     pub fn is_full(&self) -> bool {
-        self.used_bytes() >= self.inner.limits.budget_bytes
+        self.used_bytes() >= self.data_limit()
     }
 
     /// Append a batch and make it durable (fsync) before returning.
@@ -626,7 +660,7 @@ impl Store {
     /// Blocking: call it from a blocking thread, not from an async task.
     pub fn commit(&self, batch: &Batch) -> Result<Commit, StoreError> {
         let mut meta = self.meta();
-        if meta.used_bytes() >= self.inner.limits.budget_bytes {
+        if meta.used_bytes() >= self.data_limit() {
             return Ok(Commit::Full);
         }
         let first_seq = meta.next_seq;
@@ -935,6 +969,7 @@ impl Store {
             checkpoint_bytes: meta.checkpoint_bytes,
             detection_cursor,
             budget_bytes: self.inner.limits.budget_bytes,
+            data_limit_bytes: self.data_limit(),
             size_on_disk: disk::files_bytes(&self.inner.path).map_err(sled::Error::from)?,
             counters: meta.counters,
             recovery: meta.recovery,

@@ -29,8 +29,10 @@ fn batch(range: std::ops::Range<u64>) -> Batch {
     }
 }
 
-fn open(dir: &Path, budget: u64) -> Store {
-    Store::open_at(dir, budget, 5, 10_000).unwrap()
+/// A store whose data limit is `limit` (budgets are of disk space, of which
+/// the data takes 2/5), with at most 5 dead letters of 10,000 bytes.
+fn open(dir: &Path, limit: u64) -> Store {
+    Store::open_at(dir, limit * 5 / 2, 5, 25_000).unwrap()
 }
 
 /// The store at `dir` as a kill at this instant would leave it: its files
