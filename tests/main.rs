@@ -9,6 +9,7 @@ mod clock;
 mod crash;
 mod demo;
 mod detection;
+mod disk_budget;
 mod disk_full;
 mod embedded_broker;
 mod embedded_security;
