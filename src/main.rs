@@ -610,6 +610,7 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 "dead_letters": stats.dead_letters,
                 "dead_letter_bytes": stats.dead_letter_bytes,
                 "budget_bytes": stats.budget_bytes,
+                "data_limit_bytes": stats.data_limit_bytes,
                 "size_on_disk_bytes": stats.size_on_disk,
                 "messages_total": stats.counters.messages,
                 "readings_stored_total": stats.counters.readings_stored,
