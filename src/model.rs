@@ -7,6 +7,21 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, UTC. Event time and receive time both use it.
 pub type EpochMs = i64;
 
+/// A length of time for people: seconds under 2 minutes, minutes under 2
+/// hours, hours under 2 days, then days.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds;
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else if s < 172_800.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.0} days", s / 86_400.0)
+    }
+}
+
 /// The wall clock now, in milliseconds since the Unix epoch (0 if the clock
 /// is before 1970).
 pub fn wall_ms() -> EpochMs {
@@ -283,5 +298,21 @@ mod serde_bytes_compat {
         }
         // `byte_buf`, not `bytes`: ciborium serves borrowed bytes only up to its scratch size.
         d.deserialize_byte_buf(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_the_unit_that_fits() {
+        assert_eq!(human_duration(0.5), "0.5 s");
+        assert_eq!(human_duration(119.0), "119.0 s");
+        assert_eq!(human_duration(120.0), "2.0 min");
+        assert_eq!(human_duration(7200.0), "2.0 h");
+        assert_eq!(human_duration(86_400.0), "24.0 h");
+        assert_eq!(human_duration(3.0 * 86_400.0), "3 days");
+        assert_eq!(human_duration(8000.0 * 365.0 * 86_400.0), "2920000 days");
     }
 }

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::config::{ConfigErrors, DeviceRegistry};
 use crate::detect::{Engine, Output};
-use crate::model::{rfc3339, AlertEvent, AlertKind, EpochMs, Reading, Severity, Value, Waveform};
+use crate::model::{
+    human_duration, rfc3339, AlertEvent, AlertKind, EpochMs, Reading, Severity, Value, Waveform,
+};
 
 use super::input::{cut_blocks, read_series, InputError, ScalarRow, Series};
 use super::labels::load_labels;
@@ -433,16 +435,6 @@ fn label_line(l: &LabelReport) -> String {
             .map(|s| format!("{s:.1}"))
             .unwrap_or_else(|| "n/a".into())
     )
-}
-
-fn human_duration(s: f64) -> String {
-    if s < 120.0 {
-        format!("{s:.1} s")
-    } else if s < 7200.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{:.1} h", s / 3600.0)
-    }
 }
 
 fn file_name(p: &str) -> String {

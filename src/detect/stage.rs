@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::DeviceRegistry;
+use crate::ingest::ratelimit::RateLimit;
 use crate::model::{wall_ms, AlertEvent, AlertKind, EpochMs};
 use crate::ops::{Health, Stage};
 use crate::store::{DetectionCommit, Store, StoreError};
@@ -181,6 +182,16 @@ fn commit_of(engine: &mut Engine, cursor: u64, out: Output) -> DetectionCommit {
     }
 }
 
+/// Warnings detection logs at most once a minute each (counted meanwhile
+/// in the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warning {
+    /// Readings stamped ahead of the clock, streams whose time ran ahead.
+    Time,
+    /// Streams refused or forgotten.
+    Streams,
+}
+
 /// Stream states may take at most this share of the store's data limit
 /// (`Store::data_limit`): beyond it
 /// the idle streams seen longest ago are forgotten, and new streams are
@@ -288,8 +299,7 @@ pub async fn run(task: Task) {
     let mut last_tick = Instant::now();
     // At most one warning a minute about event times ahead of the clock,
     // and about streams refused.
-    let mut time_warned: Option<Instant> = None;
-    let mut refused_warned: Option<Instant> = None;
+    let mut warnings = RateLimit::new(Duration::from_secs(60));
     let mut storm = StormWatch::new(alert_storm_per_minute);
     loop {
         let stopping = *shutdown.borrow();
@@ -389,9 +399,8 @@ pub async fn run(task: Task) {
         let skewed = metrics.skewed.swap(c.skewed, Ordering::Relaxed);
         let resets = metrics.clock_resets.swap(c.clock_resets, Ordering::Relaxed);
         if (c.skewed > skewed || c.clock_resets > resets)
-            && time_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            && warnings.check(Warning::Time, Instant::now()).is_some()
         {
-            time_warned = Some(Instant::now());
             warn!(
                 skewed = c.skewed,
                 streams_restarted = c.clock_resets,
@@ -418,9 +427,8 @@ pub async fn run(task: Task) {
             .streams_refused
             .swap(c.streams_refused, Ordering::Relaxed);
         if (c.streams_refused > refused || c.streams_forgotten > forgotten)
-            && refused_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            && warnings.check(Warning::Streams, Instant::now()).is_some()
         {
-            refused_warned = Some(Instant::now());
             warn!(
                 streams = engine.streams(),
                 max_streams = stream_limits.max_streams,

@@ -12,7 +12,7 @@
 //! it, and the check waits until the clock is set.
 
 use crate::config::{DeviceRegistry, Subscription};
-use crate::model::{DeadLetter, EpochMs, Reading, Reason};
+use crate::model::{human_duration, DeadLetter, EpochMs, Reading, Reason};
 
 use super::decode::{decode, Rejection};
 
@@ -156,7 +156,7 @@ fn try_route(
                 format!(
                     "{which} {} is {} ahead of the gateway's clock ({}); more than detect.max_future_skew_ms ({} ms) means the sensor's clock is wrong",
                     crate::model::rfc3339(readings[i].time_ms),
-                    span(ahead),
+                    human_duration(ahead as f64 / 1000.0),
                     crate::model::rfc3339(received_ms),
                     limits.max_future_skew_ms
                 ),
@@ -164,20 +164,6 @@ fn try_route(
         }
     }
     Ok(readings)
-}
-
-/// `ms` for a person: seconds, minutes, hours or days.
-fn span(ms: EpochMs) -> String {
-    let s = ms as f64 / 1000.0;
-    if s < 120.0 {
-        format!("{s:.1} s")
-    } else if s < 7200.0 {
-        format!("{:.1} min", s / 60.0)
-    } else if s < 172_800.0 {
-        format!("{:.1} h", s / 3600.0)
-    } else {
-        format!("{:.0} days", s / 86_400.0)
-    }
 }
 
 #[cfg(test)]
