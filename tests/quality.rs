@@ -92,6 +92,12 @@ fn nab_machine_temperature_windows_are_detected() {
     assert!(labels["detected"].as_u64().unwrap() >= 3, "{labels}");
     assert!(labels["false_positives"].as_u64().unwrap() <= 4, "{labels}");
     assert!(labels["nab_score"].as_f64().unwrap() > 50.0, "{labels}");
+    // The raw scores a corpus is scored from (scripts/evaluate sums them):
+    // the null detector loses one per window, a perfect one gains one.
+    let f = |k: &str| labels[k].as_f64().unwrap();
+    assert_eq!((f("nab_null"), f("nab_perfect")), (-4.0, 4.0));
+    let normalized = 100.0 * (f("nab_raw") - f("nab_null")) / (f("nab_perfect") - f("nab_null"));
+    assert!((normalized - f("nab_score")).abs() < 1e-9, "{labels}");
     // Every alert says what crossed what.
     for a in report["alerts"].as_array().unwrap() {
         assert_eq!(a["detector"], "baseline");

@@ -84,6 +84,12 @@ pub struct LabelReport {
     pub delays_s: Vec<f64>,
     /// NAB-style score, standard profile: 100 perfect, 0 never firing.
     pub nab_score: Option<f64>,
+    /// NAB raw scores of this detector, of the one that never fires and of
+    /// a perfect one: a corpus is scored by summing them over its files
+    /// before normalising (`scripts/evaluate`).
+    pub nab_raw: f64,
+    pub nab_null: f64,
+    pub nab_perfect: f64,
 }
 
 impl LabelReport {
@@ -95,6 +101,9 @@ impl LabelReport {
             false_positives: s.false_positives,
             delays_s: s.delays_ms.iter().map(|d| *d as f64 / 1000.0).collect(),
             nab_score: s.normalized(),
+            nab_raw: s.raw,
+            nab_null: s.null,
+            nab_perfect: s.perfect,
         }
     }
 }
