@@ -124,7 +124,9 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub path: PathBuf,
-    /// Bytes the readings log and dead letters may use before ingest pauses.
+    /// Bytes the store's files may take on disk; the data in them (readings
+    /// log, outbox, dead letters, checkpoints) may take 2/5 of it before
+    /// ingest pauses (see `store::disk`).
     pub budget_bytes: u64,
     /// Longest time a received reading waits before its batch is flushed.
     pub flush_interval: Duration,
