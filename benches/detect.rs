@@ -934,7 +934,8 @@ fn disk(dir: &Path, budget: u64, samples: usize, rep: &mut Report) {
         .expect("a store directory");
     let store =
         Store::open_at(store_dir.path(), budget, 10_000, budget / 16).expect("open the store");
-    // Batches of about 20 KB: 500 scalar readings or 8 blocks of 8,192 samples.
+    // Batches of 500 scalar readings (about 20 KB) or 8 blocks of 8,192
+    // samples (about 330 KB).
     let per_batch = if samples == 0 { 500 } else { 8 };
     let to_write = rep.scale(10) * budget;
     let mut written = 0u64;
