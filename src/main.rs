@@ -583,12 +583,15 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
         Inspect::Stats => {
             let stats = store.stats()?;
             // By sequence (arrival order), which is not always event-time order.
-            let first = stats
-                .first_seq
-                .map(|s| store.readings_from(s, 1))
-                .transpose()?
-                .and_then(|v| v.into_iter().next());
-            let last = store.last_readings(1)?.into_iter().next();
+            let first = readable(
+                stats
+                    .first_seq
+                    .map(|s| store.readings_from(s, 1))
+                    .transpose()
+                    .map(|v| v.and_then(|v| v.into_iter().next())),
+            )?
+            .flatten();
+            let last = readable(store.last_readings(1).map(|v| v.into_iter().next()))?.flatten();
             let rejected: serde_json::Map<String, serde_json::Value> = stats
                 .counters
                 .rejected
@@ -596,8 +599,8 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.as_str().to_string(), json!(v)))
                 .collect();
             let oldest = |lane| -> anyhow::Result<Option<String>> {
-                Ok(store
-                    .outbox_oldest(lane)?
+                Ok(readable(store.outbox_oldest(lane))?
+                    .flatten()
                     .map(|item| rfc3339(item.entry.end_ms())))
             };
             let line = json!({
@@ -640,6 +643,22 @@ fn inspect(path: PathBuf, what: Inspect, last: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A value `inspect stats` shows, or `None` where the entry it comes from
+/// cannot be decoded (damage that sled's checks let through): said on
+/// stderr, since `vigil run` uses such a store and skips the entry.
+fn readable<T>(
+    result: Result<T, vigil::store::StoreError>,
+) -> Result<Option<T>, vigil::store::StoreError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ vigil::store::StoreError::Corrupt { .. }) => {
+            eprintln!("vigil: {e} (a damaged entry: `vigil run` skips it)");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn backtest(opts: vigil::backtest::Options, json: bool) -> anyhow::Result<()> {
