@@ -319,3 +319,49 @@ fn a_damaged_store_never_stops_vigil_from_starting_and_inspect_reports_it() {
     // quarter: none in 40 is a chance of about 1e-5.)
     assert!(recovered > 0 && panicked > 0 && kept > 0, "{summary}");
 }
+
+/// A readings block that sled reads back but that does not decode (damage
+/// its checks let through): `inspect stats` still reports the store, names
+/// the damaged block on stderr and exits 0, since `vigil run` uses such a
+/// store and skips the block rather than moving it aside.
+#[test]
+fn inspect_stats_names_a_block_that_does_not_decode_and_reads_the_rest() {
+    let setup = Setup::new(&Options::new(free_port()));
+    let config = setup.load();
+    {
+        let store = vigil::store::Store::open(&config.store).unwrap();
+        let readings = (0..100)
+            .map(|i| vigil::model::Reading {
+                device: "pump-1".into(),
+                metric: "temperature".into(),
+                time_ms: 1_790_000_000_000 + i,
+                value: vigil::model::Value::Scalar(i as f64),
+            })
+            .collect();
+        store
+            .commit(&vigil::store::Batch {
+                readings,
+                dead_letters: vec![],
+                messages: 100,
+            })
+            .unwrap();
+    }
+    {
+        // The block's first part, overwritten in place by sled itself.
+        let db = sled::open(&config.store.path).unwrap();
+        let tree = db.open_tree("readings").unwrap();
+        let (key, _) = tree.first().unwrap().unwrap();
+        tree.insert(key, &b"\xff damaged"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let out = setup.inspect_output("stats", 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "inspect failed: {stderr}");
+    assert!(
+        stderr.contains("corrupt readings block at key 0") && stderr.contains("skips it"),
+        "{stderr}"
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["readings_stored_total"], 100, "{stats}");
+    assert!(stats["last_reading_time"].is_null(), "{stats}");
+}
