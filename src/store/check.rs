@@ -392,18 +392,7 @@ mod tests {
     fn a_healthy_store_passes_and_keeps_nothing_of_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let store = super::super::Store::open_at(dir.path(), 1 << 20, 10, 1 << 16).unwrap();
-        store
-            .commit(&super::super::Batch {
-                readings: vec![crate::model::Reading {
-                    device: "d".into(),
-                    metric: "m".into(),
-                    time_ms: 1,
-                    value: crate::model::Value::Scalar(1.0),
-                }],
-                dead_letters: vec![],
-                messages: 1,
-            })
-            .unwrap();
+        store.commit(&super::super::tests::batch(0..1)).unwrap();
         drop(store);
         let mut seen = 0;
         // The readings block and the metadata, at least.

@@ -114,13 +114,8 @@ where
             values: vec![v],
         };
         // Continuation parts: longer keys with the same first 8 bytes.
-        while let Some(Ok((k, _))) = self.entries.peek() {
-            if k.len() <= 8 || seq_of(k) != first {
-                break;
-            }
-            let Some(Ok((k, v))) = self.entries.next() else {
-                unreachable!("peeked an entry")
-            };
+        let continues = |e: &sled::Result<(IVec, IVec)>| matches!(e, Ok((k, _)) if k.len() > 8 && seq_of(k) == first);
+        while let Some(Ok((k, v))) = self.entries.next_if(continues) {
             block.keys.push(k);
             block.values.push(v);
         }

@@ -145,7 +145,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Batch;
 
     fn config(path: &Path) -> StoreConfig {
         let mut errors = Vec::new();
@@ -153,19 +152,6 @@ mod tests {
         let c = crate::config::from_str(&path.join("vigil.toml"), text.into(), &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         c.unwrap().store
-    }
-
-    fn one_reading() -> Batch {
-        Batch {
-            readings: vec![crate::model::Reading {
-                device: "d".into(),
-                metric: "m".into(),
-                time_ms: 1,
-                value: crate::model::Value::Scalar(1.0),
-            }],
-            dead_letters: vec![],
-            messages: 1,
-        }
     }
 
     // 2026-11-21T10:00:00.250Z
@@ -177,7 +163,7 @@ mod tests {
         let config = config(dir.path());
         let (store, recovery) = open_or_recover(&config, None, &mut || {}, NOW).unwrap();
         assert_eq!(recovery, None);
-        store.commit(&one_reading()).unwrap();
+        store.commit(&super::super::tests::batch(0..1)).unwrap();
         drop(store);
         let (store, recovery) = open_or_recover(&config, None, &mut || {}, NOW).unwrap();
         assert_eq!(recovery, None);
@@ -190,7 +176,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let store = Store::open(&config).unwrap();
-        store.commit(&one_reading()).unwrap();
+        store.commit(&super::super::tests::batch(0..1)).unwrap();
         drop(store);
         // A `conf` file that sled does not accept (the segment size is one
         // of the settings it refuses to change): an error, not a panic.

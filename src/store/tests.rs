@@ -21,7 +21,7 @@ fn dead(i: u64, len: usize) -> DeadLetter {
     }
 }
 
-fn batch(range: std::ops::Range<u64>) -> Batch {
+pub(super) fn batch(range: std::ops::Range<u64>) -> Batch {
     Batch {
         readings: range.clone().map(reading).collect(),
         dead_letters: vec![],
