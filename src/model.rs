@@ -191,13 +191,16 @@ impl std::fmt::Display for Severity {
     }
 }
 
-/// A step in an alert's life: raised, escalated (warning to alarm), cleared.
+/// A step in an alert's life: raised, escalated (warning to alarm), cleared,
+/// and reopened (raised again within the hold-off of its clearing: the same
+/// episode, the same id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     Raised,
     Escalated,
     Cleared,
+    Reopened,
 }
 
 impl AlertKind {
@@ -206,6 +209,7 @@ impl AlertKind {
             AlertKind::Raised => "raised",
             AlertKind::Escalated => "escalated",
             AlertKind::Cleared => "cleared",
+            AlertKind::Reopened => "reopened",
         }
     }
 }

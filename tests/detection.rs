@@ -102,6 +102,7 @@ const CRASH_DEVICE: &str = r#"match = "pump-*"
 [alerts]
 raise_after = 2
 clear_after = 3
+hold_off = "0s"
 
 [metrics.temperature]
 unit = "degC"
@@ -356,6 +357,7 @@ const LIVE_DEVICE: &str = r#"match = "pump-1"
 [alerts]
 raise_after = 2
 clear_after = 3
+hold_off = "0s"
 
 [metrics.temperature]
 unit = "degC"
@@ -517,6 +519,7 @@ const RESTART_DEVICE: &str = r#"match = "pump-3"
 [alerts]
 raise_after = 2
 clear_after = 3
+hold_off = "0s"
 
 [metrics.temperature]
 unit = "degC"

@@ -23,6 +23,7 @@ const DEVICE: &str = r#"match = "*"
 [alerts]
 raise_after = 1
 clear_after = 1
+hold_off = "0s"
 [metrics.temperature]
 window_readings = 1
 [metrics.temperature.limits.mean]

@@ -29,6 +29,7 @@ pub const DEVICE: &str = r#"match = "*"
 [alerts]
 raise_after = 1
 clear_after = 1
+hold_off = "0s"
 
 [metrics."*"]
 window = "1s"

@@ -34,6 +34,7 @@ const DEVICE: &str = r#"match = "*"
 [alerts]
 raise_after = 1
 clear_after = 1
+hold_off = "0s"
 
 [metrics."*"]
 window = "3s"

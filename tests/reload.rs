@@ -78,6 +78,7 @@ fn limit_device(warning_above: f64) -> String {
 [alerts]
 raise_after = 1
 clear_after = 2
+hold_off = "0s"
 
 [metrics."*"]
 window_readings = 1
@@ -181,6 +182,7 @@ const COMMON: &str = r#"match = "*"
 [alerts]
 raise_after = 1
 clear_after = 1
+hold_off = "0s"
 
 [metrics."*"]
 window_readings = 1

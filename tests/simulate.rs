@@ -257,6 +257,7 @@ const PUMPS: &str = r#"match = "pump-*"
 [alerts]
 raise_after = 2
 clear_after = 3
+hold_off = "0s"
 
 [metrics.temperature]
 unit = "degC"

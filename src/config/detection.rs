@@ -19,8 +19,13 @@ pub struct StreamSettings {
     pub silent_after_ms: Option<i64>,
     /// Raise an alert after this many consecutive anomalous windows (>= 1).
     pub raise_after: u32,
-    /// Clear it after this many consecutive normal windows (>= 1).
+    /// Clear it after this many consecutive normal windows (>= 1), and
+    /// once the stream has been normal for as long as it was abnormal, up
+    /// to `hold_off_ms`.
     pub clear_after: u32,
+    /// An alert raised again within this long of clearing reopens the same
+    /// episode (same id) instead of starting a new one. 0: off.
+    pub hold_off_ms: i64,
     /// Settings for waveform blocks (ignored for scalar streams).
     pub waveform: WaveformSettings,
     /// Static warning/alarm levels, one entry per feature.
@@ -249,6 +254,7 @@ impl Default for StreamSettings {
             silent_after_ms: None,
             raise_after: 2,
             clear_after: 3,
+            hold_off_ms: DEFAULT_HOLD_OFF_MS,
             waveform: WaveformSettings::default(),
             limits: Vec::new(),
             iso10816: None,
@@ -259,6 +265,9 @@ impl Default for StreamSettings {
 }
 
 pub use crate::model::Severity;
+
+/// An hour: a condition back within the hour is the same problem.
+pub const DEFAULT_HOLD_OFF_MS: i64 = 3_600_000;
 
 /// Features computed for every window. Waveform streams add `velocity_rms`,
 /// `band.<name>` and `envelope.<defect>`.

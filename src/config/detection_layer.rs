@@ -43,6 +43,7 @@ pub(super) struct FileLayer {
     pub tainted: bool,
     pub raise_after: Val<u32>,
     pub clear_after: Val<u32>,
+    pub hold_off_ms: Val<i64>,
     /// Metric tables, least specific glob first.
     pub metrics: Vec<MetricLayer>,
 }
@@ -67,6 +68,7 @@ pub(super) struct MetricLayer {
     pub silent_after_ms: Val<Option<i64>>,
     pub raise_after: Val<u32>,
     pub clear_after: Val<u32>,
+    pub hold_off_ms: Val<i64>,
     pub limits: BTreeMap<String, Levels>,
     pub rates: BTreeMap<String, Levels>,
     pub baseline: Option<BaselineLayer>,

@@ -47,6 +47,7 @@ pub(super) fn merge<'a>(
         }
         over(&mut v.raise_after, &layer.raise_after, file, seq);
         over(&mut v.clear_after, &layer.clear_after, file, seq);
+        over(&mut v.hold_off_ms, &layer.hold_off_ms, file, seq);
         for t in layer
             .metrics
             .iter()
@@ -114,6 +115,7 @@ fn apply(v: &mut MetricLayer, t: &MetricLayer, file: usize, seq: usize) {
     over(&mut v.silent_after_ms, &t.silent_after_ms, file, seq);
     over(&mut v.raise_after, &t.raise_after, file, seq);
     over(&mut v.clear_after, &t.clear_after, file, seq);
+    over(&mut v.hold_off_ms, &t.hold_off_ms, file, seq);
     for (feature, l) in &t.limits {
         levels_over(v.limits.entry(feature.clone()).or_default(), l, file, seq);
     }
@@ -197,10 +199,12 @@ pub(super) fn build(v: &MetricLayer, matched: bool) -> (StreamSettings, Vec<Prob
     let mut p = Vec::new();
     let raise_after = val(&v.raise_after).unwrap_or(d.raise_after);
     let clear_after = val(&v.clear_after).unwrap_or(d.clear_after);
+    let hold_off_ms = val(&v.hold_off_ms).unwrap_or(d.hold_off_ms);
     if !matched {
         let settings = StreamSettings {
             raise_after,
             clear_after,
+            hold_off_ms,
             ..d
         };
         return (settings, p);
@@ -295,6 +299,7 @@ pub(super) fn build(v: &MetricLayer, matched: bool) -> (StreamSettings, Vec<Prob
         silent_after_ms: val(&v.silent_after_ms).unwrap_or(d.silent_after_ms),
         raise_after,
         clear_after,
+        hold_off_ms,
         waveform: WaveformSettings {
             input_unit: val(&v.input_unit).unwrap_or(dw.input_unit),
             bands: v

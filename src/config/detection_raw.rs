@@ -13,8 +13,8 @@ use super::detection_layer::{
 use super::detection_vibration::{bearing, iso, waveform, RawBearing, RawIso, RawWaveform};
 use super::diag::{ConfigError, Source};
 use super::ranges::{
-    Real, ALLOWED_LATENESS, ALPHA, CUSUM_H, CUSUM_K, LEVEL, RAISE_CLEAR_AFTER, RATE_PER_MIN,
-    SILENT_AFTER, VOLATILITY_RATIO, WARMUP_WINDOWS, WINDOW, WINDOW_READINGS, Z,
+    Real, ALLOWED_LATENESS, ALPHA, CUSUM_H, CUSUM_K, HOLD_OFF, LEVEL, RAISE_CLEAR_AFTER,
+    RATE_PER_MIN, SILENT_AFTER, VOLATILITY_RATIO, WARMUP_WINDOWS, WINDOW, WINDOW_READINGS, Z,
 };
 
 /// `[alerts]`: device-wide hysteresis, overridden per metric.
@@ -23,6 +23,8 @@ use super::ranges::{
 pub(super) struct RawAlerts {
     raise_after: Option<i64>,
     clear_after: Option<i64>,
+    /// A duration.
+    hold_off: Option<String>,
 }
 
 /// `[metrics."<glob>"]`.
@@ -42,6 +44,7 @@ pub(super) struct RawMetric {
     silent_after: Option<String>,
     raise_after: Option<i64>,
     clear_after: Option<i64>,
+    hold_off: Option<String>,
     limits: Option<BTreeMap<String, RawLimit>>,
     rate: Option<BTreeMap<String, RawRate>>,
     baseline: Option<RawBaseline>,
@@ -97,6 +100,9 @@ pub(super) fn alerts_layer(
         tainted: false,
         raise_after: c.whole("alerts.raise_after", raw.raise_after, RAISE_CLEAR_AFTER),
         clear_after: c.whole("alerts.clear_after", raw.clear_after, RAISE_CLEAR_AFTER),
+        hold_off_ms: c
+            .duration("alerts.hold_off", raw.hold_off.as_ref(), HOLD_OFF)
+            .map(|ms| set("alerts.hold_off", ms)),
         metrics: Vec::new(),
     }
 }
@@ -157,6 +163,9 @@ pub(super) fn metric_layer(
     };
     out.raise_after = c.whole(&key("raise_after"), raw.raise_after, RAISE_CLEAR_AFTER);
     out.clear_after = c.whole(&key("clear_after"), raw.clear_after, RAISE_CLEAR_AFTER);
+    out.hold_off_ms = c
+        .duration(&key("hold_off"), raw.hold_off.as_ref(), HOLD_OFF)
+        .map(|ms| set(&key("hold_off"), ms));
 
     for (feature, l) in raw.limits.iter().flatten() {
         let lk = format!("{k}.limits.{feature}");

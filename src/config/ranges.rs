@@ -136,6 +136,11 @@ pub const ALLOWED_LATENESS: Span = Span {
     min_ms: 0,
     max_ms: DAY_MS,
 };
+/// From off (every clearing ends the episode) to a month.
+pub const HOLD_OFF: Span = Span {
+    min_ms: 0,
+    max_ms: 30 * DAY_MS,
+};
 pub const SILENT_AFTER: Span = Span {
     min_ms: SECOND_MS,
     max_ms: 30 * DAY_MS,
@@ -262,6 +267,10 @@ pub const SETTINGS: &[Setting] = &[
         Range::Span(ALLOWED_LATENESS),
     ),
     setting(&["metrics.M.silent_after"], Range::Span(SILENT_AFTER)),
+    setting(
+        &["alerts.hold_off", "metrics.M.hold_off"],
+        Range::Span(HOLD_OFF),
+    ),
     setting(
         &[
             "metrics.M.limits.F.warning_above",

@@ -214,12 +214,13 @@ pub fn render(outcome: &Outcome, f: &Facts) -> String {
     let unique = r.aggregates as f64 + r.alerts.len() as f64;
     let _ = writeln!(
         s,
-        "  upstream   the plant's broker got {} aggregates and {} alert messages ({} raised, {} escalated, {} cleared); {}{}",
+        "  upstream   the plant's broker got {} aggregates and {} alert messages ({} raised, {} escalated, {} cleared, {} reopened); {}{}",
         thousands(r.aggregates as f64),
         r.alerts.len(),
         count("raised"),
         count("escalated"),
         count("cleared"),
+        count("reopened"),
         if unique == f.delivered {
             "every message vigil delivered arrived once".to_string()
         } else {

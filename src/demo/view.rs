@@ -124,6 +124,7 @@ impl View {
         };
         let mark = match a.event.as_str() {
             "escalated" => self.paint(code, "▲ ALARM ↑  "),
+            "reopened" => self.paint(code, "▲ reopened "),
             _ => self.paint(code, mark),
         };
         let mut line = format!(

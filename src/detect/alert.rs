@@ -1,11 +1,15 @@
 //! The alert state machine of one condition (one detector on one feature of
 //! one stream): raise after N consecutive anomalous windows, escalate from
-//! warning to alarm within the same alert, clear after M normal windows.
-//! One alert per condition, however long it lasts.
+//! warning to alarm within the same alert, clear after M normal windows
+//! once the stream has also been normal for as long as it was abnormal (up
+//! to the hold-off). One alert per episode, however long it lasts: raised
+//! again within the hold-off of its clearing, it is reopened (same id).
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AlertEvent, AlertKind, EpochMs, Severity};
+
+pub use super::baseline::Basis;
 
 /// What one detector concluded about one feature in one window.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +27,8 @@ pub struct Check {
     pub score: f64,
     /// Extra words for the explanation (ISO zone, direction).
     pub note: &'static str,
+    /// What a baseline detector compared the value with.
+    pub basis: Basis,
 }
 
 impl Check {
@@ -77,13 +83,14 @@ impl Check {
             "baseline" => {
                 let (level, spread) = self.baseline.unwrap_or((0.0, 0.0));
                 format!(
-                    "{f} {v}{u} is {} spreads {} the learned level {}{u} ± {} ({score})",
+                    "{f} {v}{u} is {} spreads {} {} {}{u} ± {} ({score})",
                     fmt_num(self.statistic.unwrap_or(0.0).abs()),
                     if self.value >= level {
                         "above"
                     } else {
                         "below"
                     },
+                    self.basis.describe(),
                     fmt_num(level),
                     fmt_num(spread),
                 )
@@ -145,6 +152,7 @@ pub struct Context<'a> {
     pub unit: &'a str,
     pub raise_after: u32,
     pub clear_after: u32,
+    pub hold_off_ms: EpochMs,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -160,6 +168,27 @@ pub struct Condition {
     /// Absent from checkpoints written before it existed.
     #[serde(default)]
     last: Option<Seen>,
+    /// Event times of the episode: the start of its first anomalous window,
+    /// the end of its latest, and the start of the normal run since.
+    #[serde(default)]
+    episode: Option<Episode>,
+    /// The latest alert cleared, while a new raise would reopen it.
+    #[serde(default)]
+    closed: Option<Closed>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Episode {
+    first_bad_ms: EpochMs,
+    last_bad_ms: EpochMs,
+    good_since_ms: Option<EpochMs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Closed {
+    id: String,
+    raised_ms: EpochMs,
+    cleared_ms: EpochMs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -203,6 +232,12 @@ impl Condition {
                 self.bad = self.bad.saturating_add(1);
                 self.good = 0;
                 self.run_max = self.run_max.max(Some(sev));
+                let ep = self.episode.get_or_insert(Episode {
+                    first_bad_ms: start_ms,
+                    ..Episode::default()
+                });
+                ep.last_bad_ms = end_ms;
+                ep.good_since_ms = None;
                 match &mut self.active {
                     Some(active) if sev > active.severity => {
                         active.severity = sev;
@@ -221,20 +256,31 @@ impl Condition {
                     Some(_) => None,
                     None if self.bad >= ctx.raise_after.max(1) => {
                         let severity = self.run_max.unwrap_or(sev);
-                        let id = format!(
-                            "{}/{}/{}/{}/{}",
-                            ctx.device, ctx.metric, check.detector, check.feature, end_ms
-                        );
+                        let reopen = self
+                            .closed
+                            .take()
+                            .filter(|c| end_ms.saturating_sub(c.cleared_ms) <= ctx.hold_off_ms);
+                        let (kind, id, raised_ms) = match reopen {
+                            Some(c) => (AlertKind::Reopened, c.id, c.raised_ms),
+                            None => (
+                                AlertKind::Raised,
+                                format!(
+                                    "{}/{}/{}/{}/{}",
+                                    ctx.device, ctx.metric, check.detector, check.feature, end_ms
+                                ),
+                                end_ms,
+                            ),
+                        };
                         self.active = Some(Active {
                             id: id.clone(),
                             severity,
-                            raised_ms: end_ms,
+                            raised_ms,
                         });
                         Some(event(
-                            AlertKind::Raised,
+                            kind,
                             id,
                             severity,
-                            end_ms,
+                            raised_ms,
                             None,
                             check,
                             (start_ms, end_ms),
@@ -248,19 +294,50 @@ impl Condition {
                 self.good = self.good.saturating_add(1);
                 self.bad = 0;
                 self.run_max = None;
-                if self.good >= ctx.clear_after.max(1) {
-                    if let Some(active) = self.active.take() {
-                        return Some(event(
-                            AlertKind::Cleared,
-                            active.id,
-                            active.severity,
-                            active.raised_ms,
-                            Some(end_ms),
-                            check,
-                            window,
-                            ctx,
-                        ));
+                let Some(active) = &self.active else {
+                    // Nothing open: the episode (and a clearing that could
+                    // be reopened, once the hold-off has passed) is over.
+                    self.episode = None;
+                    if self
+                        .closed
+                        .as_ref()
+                        .is_some_and(|c| end_ms.saturating_sub(c.cleared_ms) > ctx.hold_off_ms)
+                    {
+                        self.closed = None;
                     }
+                    return None;
+                };
+                // Normal for as long as it was abnormal, up to the hold-off.
+                let settled = match self.episode.as_mut() {
+                    Some(ep) => {
+                        let since = *ep.good_since_ms.get_or_insert(start_ms);
+                        let needed = (ep.last_bad_ms - ep.first_bad_ms).min(ctx.hold_off_ms);
+                        end_ms.saturating_sub(since) >= needed
+                    }
+                    None => true,
+                };
+                if self.good >= ctx.clear_after.max(1) && settled {
+                    let (id, severity, raised_ms) =
+                        (active.id.clone(), active.severity, active.raised_ms);
+                    self.active = None;
+                    self.episode = None;
+                    if ctx.hold_off_ms > 0 {
+                        self.closed = Some(Closed {
+                            id: id.clone(),
+                            raised_ms,
+                            cleared_ms: end_ms,
+                        });
+                    }
+                    return Some(event(
+                        AlertKind::Cleared,
+                        id,
+                        severity,
+                        raised_ms,
+                        Some(end_ms),
+                        check,
+                        window,
+                        ctx,
+                    ));
                 }
                 None
             }
@@ -276,6 +353,7 @@ impl Condition {
     ) -> Option<AlertEvent> {
         self.bad = 0;
         self.run_max = None;
+        self.episode = None;
         self.last = Some(Seen {
             value: check.value,
             window,
@@ -319,6 +397,8 @@ impl Condition {
         self.bad = 0;
         self.good = 0;
         self.run_max = None;
+        self.episode = None;
+        self.closed = None;
         let active = self.active.take()?;
         let window = self
             .last
@@ -374,6 +454,7 @@ fn event(
             ctx.clear_after.max(1),
             check.explain(ctx.unit)
         ),
+        AlertKind::Reopened => format!("again within the hold-off: {}", check.explain(ctx.unit)),
         _ => check.explain(ctx.unit),
     };
     AlertEvent {
@@ -411,6 +492,7 @@ mod tests {
             statistic: None,
             score: if sev.is_some() { 0.9 } else { 0.0 },
             note: "above",
+            basis: Basis::Recent,
         }
     }
 
@@ -438,12 +520,18 @@ mod tests {
     }
 
     fn run(seq: &[Option<Severity>]) -> Vec<AlertEvent> {
+        run_with_hold_off(seq, 0)
+    }
+
+    /// Windows of one second, the `i`-th ending at `(i + 1) * 1000`.
+    fn run_with_hold_off(seq: &[Option<Severity>], hold_off_ms: EpochMs) -> Vec<AlertEvent> {
         let ctx = Context {
             device: "pump-1",
             metric: "temperature",
             unit: "degC",
             raise_after: 2,
             clear_after: 3,
+            hold_off_ms,
         };
         let mut c = Condition::default();
         let mut out = Vec::new();
@@ -470,6 +558,55 @@ mod tests {
         assert_eq!(ev[0].id, ev[1].id);
         assert_eq!(ev[0].id, "pump-1/temperature/limit/mean/2000");
         assert!(ev[0].message.contains("above the warning limit 80 degC"));
+    }
+
+    fn kinds(ev: &[AlertEvent]) -> Vec<(AlertKind, EpochMs)> {
+        ev.iter()
+            .map(|e| (e.kind, e.cleared_ms.unwrap_or(e.window_end_ms)))
+            .collect()
+    }
+
+    #[test]
+    fn an_alert_clears_only_once_normal_for_as_long_as_it_was_abnormal() {
+        // Abnormal from 0 to 10 s: three normal windows are not enough, ten are.
+        let mut seq = vec![W; 10];
+        seq.extend([N; 12]);
+        let ev = run_with_hold_off(&seq, 60_000);
+        assert_eq!(
+            kinds(&ev),
+            vec![(AlertKind::Raised, 2000), (AlertKind::Cleared, 20_000)]
+        );
+        // Without a hold-off, clear_after alone decides (as before).
+        let ev = run_with_hold_off(&seq, 0);
+        assert_eq!(ev[1].cleared_ms, Some(13_000));
+        // The hold-off caps the wait: 4 s, then three windows suffice.
+        let ev = run_with_hold_off(&seq, 4_000);
+        assert_eq!(ev[1].cleared_ms, Some(14_000));
+    }
+
+    #[test]
+    fn a_condition_back_within_the_hold_off_reopens_the_same_alert() {
+        // Raised at 2 s, cleared at 5 s, back at 7 s: the same episode.
+        let ev = run_with_hold_off(&[W, W, N, N, N, W, W, N, N, N], 10_000);
+        assert_eq!(
+            kinds(&ev),
+            vec![
+                (AlertKind::Raised, 2000),
+                (AlertKind::Cleared, 5000),
+                (AlertKind::Reopened, 7000),
+                (AlertKind::Cleared, 10_000)
+            ]
+        );
+        assert!(ev.iter().all(|e| e.id == ev[0].id && e.raised_ms == 2000));
+        assert!(ev[2].message.starts_with("again within the hold-off: "));
+        // Back after the hold-off has passed: a new alert.
+        let mut seq = vec![W, W, N, N, N];
+        seq.extend([N; 12]);
+        seq.extend([W, W]);
+        let ev = run_with_hold_off(&seq, 10_000);
+        let raised: Vec<_> = ev.iter().filter(|e| e.kind == AlertKind::Raised).collect();
+        assert_eq!(raised.len(), 2);
+        assert_ne!(raised[0].id, raised[1].id);
     }
 
     #[test]
@@ -501,6 +638,7 @@ mod tests {
             unit: "degC",
             raise_after: 1,
             clear_after: 3,
+            hold_off_ms: 0,
         };
         let mut c = Condition::default();
         let raised = c.step(&check(W, 85.0), (0, 1000), &ctx).unwrap();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DeviceRegistry, StreamSettings, WindowSpec};
 use crate::model::{Aggregate, AlertEvent, EpochMs, Reading, Severity, Value};
 
-use super::alert::{Check, Condition, Context};
+use super::alert::{Basis, Check, Condition, Context};
 use super::baseline::{Learned, Volatility};
 use super::evaluate::evaluate;
 use super::features::Moments;
@@ -70,6 +70,9 @@ pub struct DetectCounters {
     pub raised: BTreeMap<Severity, u64>,
     pub escalated: u64,
     pub cleared: u64,
+    /// Alerts raised again within the hold-off of their clearing.
+    #[serde(default)]
+    pub reopened: u64,
 }
 
 /// Everything detection remembers about one stream.
@@ -752,6 +755,7 @@ fn silence_check(quiet_ms: EpochMs, limit_ms: EpochMs, severity: Option<Severity
         statistic: None,
         score: if severity.is_some() { 1.0 } else { 0.0 },
         note: "",
+        basis: Basis::Recent,
     }
 }
 
@@ -772,6 +776,7 @@ pub(super) fn context<'a>(device: &'a str, metric: &'a str, s: &'a StreamSetting
         unit: s.unit.as_deref().unwrap_or(""),
         raise_after: s.raise_after,
         clear_after: s.clear_after,
+        hold_off_ms: s.hold_off_ms,
     }
 }
 

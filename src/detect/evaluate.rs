@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::StreamSettings;
 use crate::model::{Aggregate, AlertKind};
 
-use super::alert::Check;
+use super::alert::{Basis, Check};
 use super::engine::{context, Accum, DetectCounters, Output, StreamState};
 use super::rules;
 use super::window::Open;
@@ -75,7 +75,7 @@ pub(super) fn evaluate(
             // Scale features (spreads, amplitudes, ratios) vary by factors:
             // learn their logarithm, so a doubling and a halving weigh the same.
             let x = if scale { v.max(1e-12).ln() } else { *v };
-            if let Some(found) = learned.observe(x, b) {
+            if let Some(found) = learned.observe(x, mid, b) {
                 let (level, spread) = if scale {
                     let level = found.level.level.exp();
                     (
@@ -95,6 +95,7 @@ pub(super) fn evaluate(
                     statistic: Some(found.level.statistic),
                     score: found.level.score,
                     note: "",
+                    basis: found.level.basis,
                 });
                 if let (Some(d), Some((_, h))) = (found.drift, b.cusum) {
                     checks.push(Check {
@@ -107,6 +108,7 @@ pub(super) fn evaluate(
                         statistic: Some(d.statistic),
                         score: d.score,
                         note: "",
+                        basis: d.basis,
                     });
                 }
             }
@@ -127,6 +129,7 @@ pub(super) fn evaluate(
                     statistic: Some(f.statistic),
                     score: f.score,
                     note: "",
+                    basis: Basis::Recent,
                 });
             }
         }
@@ -141,6 +144,7 @@ pub(super) fn evaluate(
                 AlertKind::Raised => *counters.raised.entry(ev.severity).or_default() += 1,
                 AlertKind::Escalated => counters.escalated += 1,
                 AlertKind::Cleared => counters.cleared += 1,
+                AlertKind::Reopened => counters.reopened += 1,
             }
             out.alerts.push(ev);
         }

@@ -216,6 +216,7 @@ window = "10s"
 allowed_lateness = "0s"
 raise_after = 1
 clear_after = 1
+hold_off = "0s"
 [metrics.temperature.limits.mean]
 warning_above = 80.0
 [metrics.temperature.baseline]

@@ -4,7 +4,7 @@
 use crate::config::{IsoZones, Limit, MachineGroup, RateLimit};
 use crate::model::Severity;
 
-use super::alert::Check;
+use super::alert::{Basis, Check};
 
 /// Warning and alarm levels, above and below. The score grows from 0.5 at
 /// the warning level to 1 at the alarm level (1 at whichever level is crossed
@@ -20,6 +20,7 @@ pub fn limit(limit: &Limit, value: f64) -> Check {
         statistic: None,
         score: 0.0,
         note: "",
+        basis: Basis::Recent,
     };
     let above = side(value, limit.warning_above, limit.alarm_above, 1.0);
     let below = side(value, limit.warning_below, limit.alarm_below, -1.0);
@@ -113,6 +114,7 @@ pub fn rate(rule: &RateLimit, value: f64, per_min: f64) -> Check {
         statistic: Some(per_min),
         score: 0.0,
         note: if per_min >= 0.0 { "rising" } else { "falling" },
+        basis: Basis::Recent,
     };
     worst(&mut check, [(rise, "rising"), (fall, "falling")]);
     check

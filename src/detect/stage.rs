@@ -244,7 +244,7 @@ fn wake_idle(
 fn log_alerts(alerts: &[AlertEvent]) {
     for a in alerts {
         match a.kind {
-            AlertKind::Raised | AlertKind::Escalated => warn!(
+            AlertKind::Raised | AlertKind::Escalated | AlertKind::Reopened => warn!(
                 id = %a.id, device = %a.device, metric = %a.metric, detector = %a.detector,
                 severity = %a.severity, "alert {}: {}", a.kind.as_str(), a.message
             ),
@@ -752,7 +752,8 @@ fn commit(
     };
     for a in &out.alerts {
         match a.kind {
-            AlertKind::Raised => {
+            // A reopened alert is open again, as a raised one is.
+            AlertKind::Raised | AlertKind::Reopened => {
                 c.raised += 1;
                 c.raised_by[a.severity as usize] += 1;
             }
