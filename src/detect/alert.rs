@@ -328,7 +328,7 @@ impl Condition {
                             cleared_ms: end_ms,
                         });
                     }
-                    return Some(event(
+                    let mut ev = event(
                         AlertKind::Cleared,
                         id,
                         severity,
@@ -337,7 +337,14 @@ impl Condition {
                         check,
                         window,
                         ctx,
-                    ));
+                    );
+                    // It may have taken more than clear_after: say how many.
+                    ev.message = format!(
+                        "cleared after {} normal window(s): {}",
+                        self.good,
+                        check.explain(ctx.unit)
+                    );
+                    return Some(ev);
                 }
                 None
             }
@@ -576,6 +583,9 @@ mod tests {
             kinds(&ev),
             vec![(AlertKind::Raised, 2000), (AlertKind::Cleared, 20_000)]
         );
+        assert!(ev[1]
+            .message
+            .starts_with("cleared after 10 normal window(s): "));
         // Without a hold-off, clear_after alone decides (as before).
         let ev = run_with_hold_off(&seq, 0);
         assert_eq!(ev[1].cleared_ms, Some(13_000));
