@@ -311,7 +311,10 @@ impl Condition {
                 let settled = match self.episode.as_mut() {
                     Some(ep) => {
                         let since = *ep.good_since_ms.get_or_insert(start_ms);
-                        let needed = (ep.last_bad_ms - ep.first_bad_ms).min(ctx.hold_off_ms);
+                        let needed = ep
+                            .last_bad_ms
+                            .saturating_sub(ep.first_bad_ms)
+                            .min(ctx.hold_off_ms);
                         end_ms.saturating_sub(since) >= needed
                     }
                     None => true,
@@ -339,11 +342,7 @@ impl Condition {
                         ctx,
                     );
                     // It may have taken more than clear_after: say how many.
-                    ev.message = format!(
-                        "cleared after {} normal window(s): {}",
-                        self.good,
-                        check.explain(ctx.unit)
-                    );
+                    ev.message = cleared_message(self.good, check, ctx.unit);
                     return Some(ev);
                 }
                 None
@@ -444,6 +443,13 @@ impl Condition {
     }
 }
 
+fn cleared_message(normal_windows: u32, check: &Check, unit: &str) -> String {
+    format!(
+        "cleared after {normal_windows} normal window(s): {}",
+        check.explain(unit)
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn event(
     kind: AlertKind,
@@ -456,11 +462,7 @@ fn event(
     ctx: &Context,
 ) -> AlertEvent {
     let message = match kind {
-        AlertKind::Cleared => format!(
-            "cleared after {} normal window(s): {}",
-            ctx.clear_after.max(1),
-            check.explain(ctx.unit)
-        ),
+        AlertKind::Cleared => cleared_message(ctx.clear_after.max(1), check, ctx.unit),
         AlertKind::Reopened => format!("again within the hold-off: {}", check.explain(ctx.unit)),
         _ => check.explain(ctx.unit),
     };

@@ -188,7 +188,7 @@ impl Learned {
         }
         // The profile judges for itself what it learns from: what is
         // anomalous for the recent level may be normal for its phase.
-        if self.rhythms.is_empty() {
+        if self.rhythms.len() != RHYTHMS.len() || !self.rhythms.iter().all(Rhythm::well_formed) {
             self.rhythms = RHYTHMS
                 .iter()
                 .map(|&(period, phases)| Rhythm::new(period, phases))
@@ -350,7 +350,7 @@ impl Learned {
 /// A cyclic profile of one feature: each phase's level and spread,
 /// learned from the windows that fall in it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Rhythm {
+struct Rhythm {
     period_ms: EpochMs,
     /// Per phase: level, mean absolute deviation, windows learned.
     level: Vec<f32>,
@@ -394,6 +394,19 @@ impl Rhythm {
         }
     }
 
+    /// One of `RHYTHMS`, with a value per phase in every list and times
+    /// in order. A checkpoint's bytes are not trusted: anything else is
+    /// learned afresh.
+    fn well_formed(&self) -> bool {
+        let n = self.windows.len();
+        RHYTHMS.contains(&(self.period_ms, n))
+            && self.level.len() == n
+            && self.dev.len() == n
+            && self.off.len() == n
+            && self.first_ms.is_none_or(|f| f >= 0 && f <= self.latest_ms)
+    }
+
+    /// Phases of a well-formed rhythm (never 0).
     fn phases(&self) -> usize {
         self.windows.len()
     }
@@ -456,9 +469,6 @@ impl Rhythm {
     /// `x` fits best. None until the window's phase has learned enough.
     fn expect(&self, x: f64, t_ms: EpochMs) -> Option<Expected> {
         let phases = self.phases();
-        if phases == 0 || self.period_ms <= 0 {
-            return None;
-        }
         let p = self.phase_of(t_ms);
         // A phase that has not learned enough yet is not judged by its
         // neighbours (it may be where the cycle turns).
@@ -492,16 +502,15 @@ impl Rhythm {
 
     /// Learn `x` at its phase, unless the profile finds it anomalous.
     fn learn(&mut self, x: f64, t_ms: EpochMs, expected: Option<&Expected>, s: &BaselineSettings) {
-        if self.phases() == 0 || self.period_ms <= 0 {
-            return;
-        }
         let p = self.phase_of(t_ms);
+        let first = *self.first_ms.get_or_insert(t_ms);
+        self.latest_ms = self.latest_ms.max(t_ms);
         if let Some(e) = expected {
             // How the stream varies, and how much of it the profile leaves
             // unexplained (its misses included), averaged over about a day
             // of windows. A wild window adds about as much to both.
             self.seen += 1;
-            let span = self.latest_ms.max(t_ms) - self.first_ms.unwrap_or(t_ms);
+            let span = self.latest_ms.saturating_sub(first);
             let w = (1.0 / self.seen as f64)
                 .max(span as f64 / (self.seen as f64 * DAY_MS as f64))
                 .min(1.0);
@@ -518,14 +527,11 @@ impl Rhythm {
                 if self.off[p] >= PHASE_MIN_WINDOWS as u8 {
                     (self.windows[p], self.off[p]) = (0, 0);
                 }
-                self.latest_ms = self.latest_ms.max(t_ms);
                 self.update_use();
                 return;
             }
             self.off[p] = 0;
         }
-        self.first_ms.get_or_insert(t_ms);
-        self.latest_ms = self.latest_ms.max(t_ms);
         self.update_use();
         let n = self.windows[p].saturating_add(1);
         self.windows[p] = n;
@@ -898,6 +904,38 @@ mod tests {
     }
 
     #[test]
+    fn an_hourly_job_is_learned_as_a_rhythm() {
+        // One-minute windows at 30, and 45 at minutes 4 and 5 of every hour.
+        let s = settings();
+        let mut b = Learned::default();
+        let mut seed = 37;
+        let mut at = |b: &mut Learned, minute: i64, seed: &mut u64| {
+            let job = matches!(minute % 60, 4 | 5);
+            let x = if job { 45.0 } else { 30.0 } + 0.3 * noise(seed);
+            b.observe(x, minute * 60_000 + 30_000, &s)
+        };
+        for minute in 0..(6 * 60) {
+            at(&mut b, minute, &mut seed);
+        }
+        assert!(b.rhythm().is_some_and(|r| r.period_ms == HOUR_MS));
+        for minute in (6 * 60)..(9 * 60) {
+            let f = at(&mut b, minute, &mut seed).unwrap();
+            assert_eq!(f.level.severity, None, "minute {minute}: {:?}", f.level);
+            assert!(
+                matches!(
+                    f.level.basis,
+                    Basis::Phase {
+                        period_ms: HOUR_MS,
+                        ..
+                    }
+                ),
+                "minute {minute}: {:?}",
+                f.level.basis
+            );
+        }
+    }
+
+    #[test]
     fn noise_without_a_cycle_establishes_no_rhythm() {
         let s = settings();
         let mut b = Learned::default();
@@ -932,6 +970,27 @@ mod tests {
         let f = b.observe(10.1, 0, &s).unwrap();
         assert_eq!(f.level.severity, None);
         assert_eq!(f.level.basis, Basis::Recent);
+    }
+
+    #[test]
+    fn a_damaged_rhythm_in_a_checkpoint_is_learned_afresh() {
+        // A checkpoint's bytes are not trusted: profiles whose phases do not
+        // match their period, or whose per-phase lists differ in length.
+        let s = settings();
+        let mut seed = 31;
+        let mut b = Learned::default();
+        for i in 0..30 {
+            b.observe(50.0 + noise(&mut seed), i * 60_000, &s);
+        }
+        let mut damaged = vec![b.clone(), b.clone(), b.clone()];
+        damaged[0].rhythms[0].level.truncate(5);
+        damaged[1].rhythms[1].period_ms = 7;
+        damaged[2].rhythms[0].first_ms = Some(EpochMs::MIN);
+        for mut d in damaged {
+            let f = d.observe(50.0, 31 * 60_000, &s).unwrap();
+            assert_eq!(f.level.severity, None);
+            assert!(d.rhythms.iter().all(Rhythm::well_formed));
+        }
     }
 
     #[test]
